@@ -1,0 +1,519 @@
+"""The ingestor: one feed connection kept alive, subscriptions reconciled from Redis, every tick
+XADDed into its market's stream.
+
+Tasks: the connection supervisor (connect, run, back off, reconnect), the reconciler (desired set
+in Redis vs what this connection has, paced), the control listener (pub/sub nudges), the publisher
+(batched XADD) and the heartbeat writer. ``stop()`` or SIGTERM: stop reading, flush the queue,
+DISCONNECT with a receipt, delete the heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ingestor import reconcile, stomp
+from ingestor.backoff import Backoff
+from ingestor.errors import AccessDenied, FeedError, GaveUp
+from ingestor.feed import FeedConnection
+from ingestor.health import ProcessStats, RateMeter, now_ms, to_fields, ttl_s
+from ingestor.keys import Keys
+from ingestor.publisher import Publisher
+from ingestor.redisconn import async_client
+from ingestor.settings import Settings
+from ingestor.sources.toss_web import TossWebSource
+from ingestor.subs import Sub
+
+log = logging.getLogger("toss.ingestor")
+
+PENDING, ACTIVE, FAILED, INVALID = "pending", "active", "failed", "invalid"
+
+
+@dataclass(slots=True)
+class Route:
+    """Where the ticks of one subscription id go."""
+
+    sub: Sub
+    stream: str
+    receipt: str
+
+
+@dataclass(slots=True)
+class SubState:
+    state: str
+    since_ms: int
+    error: str = ""
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"state": self.state, "since_ms": self.since_ms, "error": self.error})
+
+
+class Ingestor:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis | None = None,
+        source: TossWebSource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.redis = redis or async_client(settings)
+        self.source = source or TossWebSource(settings)
+        self.publisher = Publisher(
+            self.redis, settings.max_message_queue_size, settings.publish_batch_max
+        )
+        self.health_key = self.keys.health_ingestor(settings.instance_name)
+        # subscription state
+        self.desired: dict[str, Sub] = {}
+        self.states: dict[str, SubState] = {}
+        self._dirty_states: set[str] = set()
+        self.failed: dict[str, str] = {}  # member -> server's reason; not retried while desired
+        self.routes: dict[str, Route] = {}  # subscription id -> route (current connection)
+        self.member_ids: dict[str, str] = {}  # member -> subscription id (current connection)
+        # connection
+        self.conn: FeedConnection | None = None
+        self.status = "starting"
+        self.status_reason = ""
+        self.connected_since_ms = 0
+        self.reconnects = 0
+        self.disconnect_reasons: deque[str] = deque(maxlen=20)
+        self._gap: tuple[int, str, set[str]] | None = None  # (from_ms, reason, markets)
+        # counters
+        self.ticks_total = 0
+        self.invalid_total = 0
+        self.invalid_by_reason: dict[str, int] = {}
+        self.gaps_total = 0
+        self.last_tick_ms = 0
+        self._stop = asyncio.Event()
+        self._nudge = asyncio.Event()
+        self._conn_ready = asyncio.Event()
+        self.exit_reason = ""
+
+    # --- public ----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def nudge(self) -> None:
+        self._nudge.set()
+
+    async def add_symbols(self, subs: list[Sub]) -> None:
+        if subs:
+            await self.redis.sadd(self.keys.subs, *[s.member for s in subs])
+
+    async def run(self) -> int:
+        """Run until ``stop()``; returns the process exit code (0 clean, 1 gave up)."""
+        s = self.settings
+        log.info(
+            "ingestor %s: feed %s, Redis %s, prefix %r",
+            s.instance_name,
+            s.websocket_url,
+            s.redis_url_masked,
+            s.key_prefix,
+        )
+        await self.redis.ping()
+        tasks = [
+            asyncio.create_task(self.publisher.run(), name="publisher"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._control_loop(), name="control"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+        ]
+        supervisor = asyncio.create_task(self._supervise(), name="supervisor")
+        stopper = asyncio.create_task(self._stop.wait())
+        code = 0
+        try:
+            await asyncio.wait({supervisor, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if supervisor.done() and supervisor.exception() is not None:
+                exc = supervisor.exception()
+                if isinstance(exc, GaveUp):
+                    self.exit_reason = str(exc)
+                    code = 1
+                else:
+                    raise exc  # type: ignore[misc]
+        finally:
+            self.status = "stopped"
+            await self._shutdown(supervisor, stopper, tasks)
+        return code
+
+    # --- connection supervisor -------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        s = self.settings
+        backoff = Backoff(s.reconnect_initial_s, s.reconnect_max_s)
+        failures = 0
+        while not self._stop.is_set():
+            self.status, self.status_reason = "connecting", ""
+            conn = FeedConnection(self.source, s, self)
+            started = time.monotonic()
+            try:
+                await conn.open()
+            except FeedError as exc:
+                failures += 1
+                denied = isinstance(exc, AccessDenied)
+                delay = backoff.to_cap() if denied else backoff.next()
+                self._set_down(str(exc))
+                if s.max_reconnect_attempts and failures >= s.max_reconnect_attempts:
+                    raise GaveUp(
+                        f"gave up after {failures} failed connection attempts: {exc}"
+                    ) from None
+                log.warning(
+                    "%s; retrying in %.1f s%s",
+                    exc,
+                    delay,
+                    " (access denied: backing off to the cap)" if denied else "",
+                )
+                self.status = "backing-off"
+                await self._sleep_unless_stopped(delay)
+                continue
+            failures = 0
+            self._on_connected(conn)
+            try:
+                await conn.run()
+            except FeedError as exc:
+                reason = str(exc)
+            finally:
+                self._on_disconnected()
+            if self._stop.is_set():
+                return
+            self.reconnects += 1
+            self.disconnect_reasons.append(reason)
+            self._set_down(reason)
+            if time.monotonic() - started >= s.healthy_session_s:
+                backoff.reset()
+            delay = backoff.next()
+            log.warning("feed connection lost: %s; reconnecting in %.1f s", reason, delay)
+            self.status = "backing-off"
+            await self._sleep_unless_stopped(delay)
+
+    def _set_down(self, reason: str) -> None:
+        self.status_reason = reason
+
+    def _on_connected(self, conn: FeedConnection) -> None:
+        self.conn = conn
+        self.routes.clear()
+        self.member_ids.clear()
+        self.status = "connected"
+        self.status_reason = ""
+        self.connected_since_ms = now_ms()
+        self._conn_ready.set()
+        self.nudge()
+
+    def _on_disconnected(self) -> None:
+        conn_had = {r.sub.market for r in self.routes.values()}
+        if self.conn is not None and conn_had and self._gap is None and not self._stop.is_set():
+            self._gap = (now_ms(), self.status_reason or "connection lost", conn_had)
+        self.conn = None
+        self._conn_ready.clear()
+        for route in self.routes.values():
+            if self.states.get(route.sub.member, SubState(PENDING, 0)).state == ACTIVE:
+                self._set_state(route.sub.member, PENDING, "reconnecting")
+        self.routes.clear()
+        self.member_ids.clear()
+        self.connected_since_ms = 0
+
+    async def _sleep_unless_stopped(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+
+    # --- frames from the connection (FrameHandler) ------------------------------------------------
+
+    def on_message(self, frame: stomp.Frame, recv_ms: int) -> None:
+        sub_id = frame.get("subscription")
+        route = self.routes.get(sub_id or "")
+        if route is None:
+            self.on_invalid("unknown_subscription", f"subscription {sub_id!r}", frame.body[:200])
+            return
+        body = frame.body
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            self.on_invalid("not_json", f"{route.sub.member}: body is not JSON", body[:200])
+            return
+        sub = route.sub
+        fields = {
+            "channel": sub.channel,
+            "code": sub.code,
+            "dt": self.source.event_time(payload),
+            "recv_ms": recv_ms,
+            "payload": body,
+        }
+        self.publisher.put_nowait(route.stream, fields, self.settings.stream_maxlen)
+        self.ticks_total += 1
+        self.last_tick_ms = recv_ms
+        st = self.states.get(sub.member)
+        if st is not None and st.state == PENDING:
+            self._set_state(sub.member, ACTIVE)
+
+    def on_receipt(self, receipt_id: str) -> None:
+        for route in self.routes.values():
+            if route.receipt == receipt_id:
+                self._set_state(route.sub.member, ACTIVE)
+                return
+
+    def on_error(self, frame: stomp.Frame) -> bool:
+        rid = frame.get("receipt-id")
+        msg = frame.get("message") or frame.body.decode("utf-8", "replace")[:200]
+        for sub_id, route in list(self.routes.items()):
+            if rid and route.receipt == rid:
+                member = route.sub.member
+                log.warning("server refused %s: %s", member, msg)
+                self.failed[member] = msg
+                self._set_state(member, FAILED, msg)
+                del self.routes[sub_id]
+                self.member_ids.pop(member, None)
+                return False  # the server closes after ERROR: reconnect, without this one
+        return False
+
+    def on_invalid(self, reason: str, detail: str, sample: bytes) -> None:
+        self.invalid_total += 1
+        self.invalid_by_reason[reason] = self.invalid_by_reason.get(reason, 0) + 1
+        if self.invalid_total <= 10 or self.invalid_total % 1000 == 0:
+            log.warning("unusable frame (%s): %s [%d so far]", reason, detail, self.invalid_total)
+        self.publisher.put_nowait(
+            self.keys.invalid,
+            {"reason": reason, "detail": detail, "recv_ms": now_ms(), "sample": sample},
+            self.settings.invalid_maxlen,
+        )
+
+    async def drain(self) -> None:
+        """Called by the reader after each WebSocket message: wait while the queue is full."""
+        if self.publisher.full:
+            await self.publisher.wait_for_room()
+
+    # --- reconciling ------------------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        backoff = Backoff(0.2, 5.0)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudge.wait(), self.settings.reconcile_interval_s)
+            self._nudge.clear()
+            try:
+                await self.reconcile_once()
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                log.warning("reconcile: cannot read desired subscriptions: %s", exc)
+                await self._sleep_unless_stopped(backoff.next())
+            except FeedError:
+                pass  # the supervisor sees the connection end and reconnects
+
+    async def reconcile_once(self) -> None:
+        s = self.settings
+        members = {
+            m.decode() if isinstance(m, bytes) else m
+            for m in await self.redis.smembers(self.keys.subs)
+        }
+        # a member removed from the desired set forgets its failure
+        for m in list(self.failed):
+            if m not in members:
+                del self.failed[m]
+        conn = self.conn
+        active = set(self.member_ids) if conn is not None else set()
+        p = reconcile.plan(
+            members, active, s.subscription_budget, self.source.parse_member, self.failed
+        )
+        self.desired = p.desired
+        for member, reason in p.invalid.items():
+            self._set_state(member, INVALID, reason)
+        for member in p.over_budget:
+            self._set_state(
+                member, FAILED, f"over the per-connection budget of {s.subscription_budget}"
+            )
+        for member in list(self.states):
+            if member not in members:
+                del self.states[member]
+                self._dirty_states.add(member)
+        for member in p.desired:
+            if member not in self.states and member not in self.failed:
+                self._set_state(member, PENDING, "" if conn else "waiting for the connection")
+        await self._flush_states()
+        if conn is None:
+            return
+        for member in p.unsubscribe:
+            sub_id = self.member_ids.pop(member, None)
+            if sub_id is not None:
+                self.routes.pop(sub_id, None)
+                await conn.send(stomp.Frame("UNSUBSCRIBE", [("id", sub_id)]))
+        batch = s.subscribe_batch_size
+        for i in range(0, len(p.subscribe), batch):
+            if i:
+                await asyncio.sleep(s.subscribe_batch_interval_ms / 1000)
+                if self.conn is not conn:
+                    return
+            for sub in p.subscribe[i : i + batch]:
+                if sub.member in self.member_ids or sub.member in self.failed:
+                    continue
+                sub_id = conn.next_id()
+                receipt = f"sub-{sub_id}"
+                self.routes[sub_id] = Route(sub, self.keys.ticks(sub.market), receipt)
+                self.member_ids[sub.member] = sub_id
+                self._set_state(sub.member, PENDING)
+                await conn.send(
+                    stomp.Frame(
+                        "SUBSCRIBE",
+                        [
+                            ("id", sub_id),
+                            ("destination", self.source.destination(sub)),
+                            ("receipt", receipt),
+                        ],
+                    )
+                )
+            await self._flush_states()
+        conn.has_subscriptions = bool(self.routes)
+        self._close_gap()
+        await self._flush_states()
+
+    def _close_gap(self) -> None:
+        if self._gap is None:
+            return
+        from_ms, reason, markets = self._gap
+        self._gap = None
+        to_ms = now_ms()
+        for market in sorted(markets):
+            self.publisher.put_nowait(
+                self.keys.ticks(market),
+                {
+                    "channel": "gap",
+                    "code": "",
+                    "dt": "",
+                    "recv_ms": to_ms,
+                    "from_ms": from_ms,
+                    "to_ms": to_ms,
+                    "reason": reason,
+                },
+                self.settings.stream_maxlen,
+            )
+            self.gaps_total += 1
+
+    def _set_state(self, member: str, state: str, error: str = "") -> None:
+        cur = self.states.get(member)
+        if cur is not None and cur.state == state and cur.error == error:
+            return
+        self.states[member] = SubState(state, now_ms(), error)
+        self._dirty_states.add(member)
+
+    async def _flush_states(self) -> None:
+        if not self._dirty_states:
+            return
+        dirty, self._dirty_states = self._dirty_states, set()
+        present = {m: self.states[m].encode() for m in dirty if m in self.states}
+        gone = [m for m in dirty if m not in self.states]
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            if present:
+                pipe.hset(self.keys.subs_state, mapping=present)  # type: ignore[arg-type]
+            if gone:
+                pipe.hdel(self.keys.subs_state, *gone)
+            await pipe.execute()
+        except (RedisError, OSError):
+            self._dirty_states |= dirty
+            raise
+
+    # --- control channel --------------------------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        backoff = Backoff(0.2, 5.0)
+        while not self._stop.is_set():
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.keys.control)
+                backoff.reset()
+                while not self._stop.is_set():
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None:
+                        self.nudge()
+            except (RedisError, OSError) as exc:
+                log.debug("control channel: %s", exc)
+                await self._sleep_unless_stopped(backoff.next())
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # --- health -----------------------------------------------------------------------------------
+
+    def health_fields(self, proc: ProcessStats, rate: float) -> dict[str, str]:
+        states = [st.state for st in self.states.values()]
+        values: dict[str, Any] = {
+            "role": "ingestor",
+            "name": self.settings.instance_name,
+            "status": self.status,
+            "status_reason": self.status_reason,
+            "source": self.source.name,
+            "connected_since_ms": self.connected_since_ms,
+            "reconnects": self.reconnects,
+            "desired": len(self.desired),
+            "active": states.count(ACTIVE),
+            "pending": states.count(PENDING),
+            "failed": states.count(FAILED),
+            "invalid_members": states.count(INVALID),
+            "ticks_total": self.ticks_total,
+            "ticks_per_s": round(rate, 1),
+            "invalid_total": self.invalid_total,
+            "invalid_by_reason": orjson.dumps(self.invalid_by_reason).decode(),
+            "gaps_total": self.gaps_total,
+            "last_tick_age_s": round((now_ms() - self.last_tick_ms) / 1000, 1)
+            if self.last_tick_ms
+            else -1,
+            "queue_depth": self.publisher.depth,
+            "redis_ok": int(self.publisher.redis_ok),
+            "written_total": self.publisher.written,
+            "updated_ms": now_ms(),
+        }
+        values.update(proc.sample())
+        return to_fields(values)
+
+    async def _heartbeat_loop(self) -> None:
+        proc = ProcessStats()
+        meter = RateMeter()
+        interval = self.settings.health_interval_s
+        while True:
+            fields = self.health_fields(proc, meter.rate(self.ticks_total))
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.hset(self.health_key, mapping=fields)  # type: ignore[arg-type]
+                pipe.expire(self.health_key, ttl_s(interval))
+                await pipe.execute()
+                await self._flush_states()
+            except (RedisError, OSError) as exc:
+                log.debug("heartbeat not written: %s", exc)
+            await asyncio.sleep(interval)
+
+    # --- shutdown ---------------------------------------------------------------------------------
+
+    async def _shutdown(
+        self,
+        supervisor: asyncio.Task[None],
+        stopper: asyncio.Task[Any],
+        tasks: list[asyncio.Task[None]],
+    ) -> None:
+        self._stop.set()
+        conn = self.conn
+        if conn is not None:
+            await conn.disconnect(1.0)
+        for t in (supervisor, stopper):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._gap is not None:
+            self._close_gap()
+        flushed = await self.publisher.flush(10.0)
+        if not flushed:
+            log.error("shutdown: %d ticks could not be written to Redis", self.publisher.depth)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        with contextlib.suppress(RedisError, OSError):
+            await self._flush_states()
+            await self.redis.delete(self.health_key)
+        log.info("ingestor stopped: %d ticks written", self.publisher.written)

@@ -1,0 +1,146 @@
+"""Shared fixtures: a Redis per test session (the real one when it answers), a key prefix per test,
+settings pointing at a local simulator, and condition polling with deadlines (no bare sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from ingestor.settings import Settings, load_settings
+from ingestor.simulator import Scenario, Simulator
+
+T = TypeVar("T")
+DEFAULT_TEST_REDIS = "redis://127.0.0.1:6379/15"
+_backend: dict[str, str] = {}
+
+
+def _reachable(url: str) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=1) as r:
+            return bool(r.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _start_fakeredis() -> str:
+    from fakeredis import TcpFakeServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("TOSS_TEST_REDIS_URL", DEFAULT_TEST_REDIS)
+    if _reachable(url):
+        _backend["name"] = f"real Redis at {url}"
+        return url
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and no real Redis answers at {url}", pytrace=False)
+    _backend["name"] = "fakeredis TCP server (no real Redis answered at " + url + ")"
+    return _start_fakeredis()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    url = os.environ.get("TOSS_TEST_REDIS_URL", DEFAULT_TEST_REDIS)
+    return f"redis backend: {'real Redis at ' + url if _reachable(url) else 'fakeredis (fallback)'}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if "name" in _backend:
+        terminalreporter.write_line(f"redis backend used: {_backend['name']}")
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    p = "test-" + uuid.uuid4().hex[:10]
+    yield p
+    with redis.Redis.from_url(redis_url) as r:
+        keys = list(r.scan_iter(match=f"{p}:*", count=1000))
+        if keys:
+            r.delete(*keys)
+
+
+@pytest.fixture
+def settings(redis_url: str, prefix: str, tmp_path: Any) -> Settings:
+    return load_settings(
+        redis_url=redis_url,
+        key_prefix=prefix,
+        instance_name="test-ingestor",
+        heartbeat_interval_ms=500,
+        reconnect_initial_s=0.05,
+        reconnect_max_s=0.3,
+        healthy_session_s=60,
+        reconcile_interval_s=0.5,
+        health_interval_s=0.3,
+        connect_timeout_s=3,
+        subscribe_batch_interval_ms=100,
+        spool_dir=tmp_path / "spool",
+        max_reconnect_attempts=0,
+    )
+
+
+@pytest.fixture
+async def r(redis_url: str) -> AsyncIterator[aredis.Redis]:
+    client = aredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    s = Simulator(rate=200.0, scenario=Scenario(), heartbeat_ms=500)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+def sim_settings(settings: Settings, sim: Simulator, **changes: Any) -> Settings:
+    return settings.model_copy(
+        update={"websocket_url": sim.ws_url, "guest_key_url": sim.guest_key_url, **changes}
+    )
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], timeout_s: float = 10.0, what: str = "condition"
+) -> T:
+    """Poll ``probe`` until it returns something truthy, or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last={last!r}")
+
+
+def db_of(url: str) -> int:
+    path = urlsplit(url).path.strip("/")
+    return int(path) if path else 0
+
+
+async def until(
+    predicate: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition"
+) -> Any:
+    """Like ``eventually`` for a plain (non-async) predicate."""
+
+    async def probe() -> Any:
+        return predicate()
+
+    return await eventually(probe, timeout_s, what)
