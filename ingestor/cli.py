@@ -168,3 +168,7 @@ def demo(seconds: float) -> None:
     setup_logging("WARNING")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_demo(seconds))
+
+
+if __name__ == "__main__":
+    main()

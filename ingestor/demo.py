@@ -58,7 +58,9 @@ async def run_demo(seconds: float = 0.0) -> None:
         redis_url = base.redis_url.get_secret_value()
     else:
         redis_url = _embedded_redis()
-        click.echo(f"demo: no Redis at {base.redis_url_masked}; started an embedded one at {redis_url}")
+        click.echo(
+            f"demo: no Redis at {base.redis_url_masked}; started an embedded one at {redis_url}"
+        )
     sim = Simulator(rate=10.0, heartbeat_ms=5000)
     await sim.start()
     s = base.model_copy(

@@ -1,0 +1,331 @@
+"""A consumer-group worker: XREADGROUP in batches, run the handler, XACK after success.
+
+- groups are created when missing (MKSTREAM; new entries by default, ``from_start`` for history)
+  and recreated when the stream or group disappears (NOGROUP)
+- a failing batch stays pending; pending entries idle longer than ``retry_idle_ms`` (own) or
+  ``claim_idle_ms`` (other consumers: stopped or dead) are claimed with XCLAIM, which counts the
+  delivery; an entry delivered ``max_deliveries`` times goes to ``{prefix}:dead:{market}`` with the
+  error and its original fields, then is acked. Nothing is dropped silently.
+- consumers that are gone and own nothing are removed from the group
+- heartbeat ``{prefix}:health:consumer:{group}:{name}`` with a TTL
+- ``stop()``: stop reading, finish and ack the in-flight batch within ``shutdown_s``, delete the
+  heartbeat
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from consumers.handlers import Context, resolve
+from consumers.tick import Tick
+from ingestor.backoff import Backoff
+from ingestor.health import ProcessStats, RateMeter, now_ms, to_fields, ttl_s
+from ingestor.keys import MARKETS, Keys
+from ingestor.redisconn import async_client
+from ingestor.settings import Settings
+
+log = logging.getLogger("toss.consumer")
+
+
+@dataclass
+class WorkerOptions:
+    group: str
+    handler: Any = "print"
+    markets: tuple[str, ...] = MARKETS
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    batch: int | None = None
+    from_start: bool = False
+    burst: bool = False  # exit when there is nothing left to do (tests, one-off replays)
+    retry_idle_ms: int = 1000
+    shutdown_s: float = 10.0
+
+
+def _id(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class Worker:
+    def __init__(self, settings: Settings, options: WorkerOptions, redis: Redis | None = None):
+        self.settings = settings
+        self.opt = options
+        self.keys = Keys(settings.key_prefix)
+        self.redis = redis or async_client(
+            settings,
+            socket_timeout=settings.consumer_block_ms / 1000 + settings.redis_socket_timeout_s,
+        )
+        self.ctx = Context(settings, self.redis)
+        self.handler = resolve(options.handler, self.ctx)
+        self.ignores_gaps = bool(getattr(self.handler, "ignores_gaps", False))
+        call = type(self.handler).__call__ if not inspect.isfunction(self.handler) else None
+        self.is_async = inspect.iscoroutinefunction(self.handler) or (
+            call is not None and inspect.iscoroutinefunction(call)
+        )
+        self.streams = {self.keys.ticks(m): m for m in options.markets}
+        self.batch = options.batch or settings.consumer_batch
+        self.health_key = self.keys.health_consumer(options.group, options.name)
+        self.processed = 0
+        self.errors = 0
+        self.dead_lettered = 0
+        self.reclaimed = 0
+        self.pending = 0
+        self.lag = 0
+        self.status = "starting"
+        self.last_errors: OrderedDict[str, str] = OrderedDict()  # entry id -> last error
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- groups -----------------------------------------------------------------------------------
+
+    async def ensure_groups(self) -> None:
+        start = "0" if self.opt.from_start else "$"
+        for key in self.streams:
+            try:
+                await self.redis.xgroup_create(key, self.opt.group, id=start, mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    # --- main loop --------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        await self.ensure_groups()
+        self.status = "running"
+        hb = asyncio.create_task(self._heartbeat_loop())
+        backoff = Backoff(0.1, 5.0)
+        next_claim = 0.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    did = 0
+                    if time.monotonic() >= next_claim:
+                        did += await self.reclaim()
+                        next_claim = time.monotonic() + min(1.0, self.opt.retry_idle_ms / 2000)
+                    did += await self.read_once()
+                    backoff.reset()
+                    if self.opt.burst and did == 0 and await self._nothing_pending():
+                        break
+                except ResponseError as exc:
+                    if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                        log.warning("group or stream disappeared: recreating %s", self.opt.group)
+                        await self.ensure_groups()
+                        continue
+                    raise
+                except (RedisError, OSError) as exc:
+                    log.warning("Redis error: %s", exc)
+                    self.status = "redis-down"
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), backoff.next())
+                    self.status = "running"
+        finally:
+            self.status = "stopped"
+            hb.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hb
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.delete(self.health_key)
+        return 0
+
+    async def read_once(self) -> int:
+        block = self.settings.consumer_block_ms if not self.opt.burst else 50
+        resp: Any = await self.redis.xreadgroup(
+            self.opt.group,
+            self.opt.name,
+            dict.fromkeys(self.streams, ">"),
+            count=self.batch,
+            block=block,
+        )
+        n = 0
+        for key, entries in resp or []:
+            key = _id(key)
+            ticks = [Tick(self.streams[key], _id(i), f) for i, f in entries if f is not None]
+            n += len(ticks)
+            await self._handle(key, ticks)
+        return n
+
+    async def _call(self, ticks: list[Tick]) -> str:
+        """Run the handler; '' on success, else the error (one line)."""
+        todo = [t for t in ticks if not t.is_gap] if self.ignores_gaps else ticks
+        try:
+            if todo:
+                if self.is_async:
+                    await self.handler(todo)
+                else:
+                    await asyncio.to_thread(self.handler, todo)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"[:500]
+        return ""
+
+    async def _handle(self, key: str, ticks: list[Tick]) -> None:
+        """Handle a batch and ack what succeeded. When the batch fails, each entry is tried on its
+        own, so one poison entry does not hold back (or dead-letter) its neighbours."""
+        if not ticks:
+            return
+        error = await self._call(ticks)
+        done = ticks
+        if error:
+            self.errors += 1
+            log.warning("handler failed on %d entries of %s: %s", len(ticks), key, error)
+            done = []
+            for t in ticks if len(ticks) > 1 else []:
+                one = await self._call([t])
+                if one:
+                    self.last_errors[t.stream_id] = one
+                else:
+                    done.append(t)
+            if len(ticks) == 1:
+                self.last_errors[ticks[0].stream_id] = error
+            while len(self.last_errors) > 10_000:
+                self.last_errors.popitem(last=False)
+        if done:
+            await self.redis.xack(key, self.opt.group, *[t.stream_id for t in done])
+            self.processed += len(done)
+            for t in done:
+                self.last_errors.pop(t.stream_id, None)
+
+    # --- reclaim, retry, dead letters -------------------------------------------------------------
+
+    async def reclaim(self) -> int:
+        """Retry own failed entries, take over entries of stopped consumers, dead-letter poison."""
+        done = 0
+        for key, market in self.streams.items():
+            rows: Any = await self.redis.xpending_range(
+                key,
+                self.opt.group,
+                min="-",
+                max="+",
+                count=self.batch,
+                idle=min(self.opt.retry_idle_ms, self.settings.claim_idle_ms),
+            )
+            mine_ids: list[Any] = []
+            claim: list[Any] = []
+            dead: list[tuple[str, int]] = []
+            for row in rows:
+                eid = _id(row["message_id"])
+                owner = _id(row["consumer"])
+                idle = int(row["time_since_delivered"])
+                if owner != self.opt.name and idle < self.settings.claim_idle_ms:
+                    continue
+                if int(row["times_delivered"]) >= self.settings.max_deliveries:
+                    dead.append((eid, int(row["times_delivered"])))
+                else:
+                    (mine_ids if owner == self.opt.name else claim).append(eid)
+            if dead:
+                done += await self._dead_letter(key, market, dead)
+            ids = mine_ids + claim
+            if not ids:
+                continue
+            entries: Any = await self.redis.xclaim(
+                key, self.opt.group, self.opt.name, min_idle_time=0, message_ids=ids
+            )
+            got = {_id(i): f for i, f in entries if f is not None}
+            missing = [i for i in ids if i not in got]
+            if missing:  # trimmed from the stream: nothing left to process
+                await self.redis.xack(key, self.opt.group, *missing)
+            self.reclaimed += len(claim)
+            ticks = [Tick(market, i, got[i]) for i in ids if i in got]
+            await self._handle(key, ticks)
+            done += len(ids)
+        await self._forget_gone_consumers()
+        return done
+
+    async def _dead_letter(self, key: str, market: str, dead: list[tuple[str, int]]) -> int:
+        ids: list[Any] = [i for i, _ in dead]
+        entries: Any = await self.redis.xclaim(
+            key, self.opt.group, self.opt.name, min_idle_time=0, message_ids=ids
+        )
+        got = {_id(i): f for i, f in entries if f is not None}
+        pipe = self.redis.pipeline(transaction=False)
+        for eid, times in dead:
+            fields = dict(got.get(eid) or {b"missing": b"1"})
+            err = self.last_errors.pop(eid, "unknown (failed in another consumer)")
+            fields.update(
+                {
+                    b"error": err.encode(),
+                    b"stream": key.encode(),
+                    b"stream_id": eid.encode(),
+                    b"group": self.opt.group.encode(),
+                    b"deliveries": str(times).encode(),
+                    b"dead_ms": str(now_ms()).encode(),
+                }
+            )
+            pipe.xadd(
+                self.keys.dead(market), fields, maxlen=self.settings.dead_maxlen, approximate=True
+            )
+        pipe.xack(key, self.opt.group, *ids)
+        await pipe.execute()
+        self.dead_lettered += len(ids)
+        log.error("dead-lettered %d entries of %s after %d deliveries", len(ids), key, dead[0][1])
+        return len(ids)
+
+    async def _forget_gone_consumers(self) -> None:
+        limit = max(self.settings.claim_idle_ms * 2, 60_000)
+        for key in self.streams:
+            for c in await self.redis.xinfo_consumers(key, self.opt.group):
+                name = _id(c["name"])
+                if name != self.opt.name and int(c["pending"]) == 0 and int(c["idle"]) > limit:
+                    await self.redis.xgroup_delconsumer(key, self.opt.group, name)
+
+    async def _nothing_pending(self) -> bool:
+        for key in self.streams:
+            info = await self.redis.xpending(key, self.opt.group)
+            if int(info["pending"]):
+                return False
+        return True
+
+    # --- health ----------------------------------------------------------------------------------
+
+    async def _group_stats(self) -> None:
+        pending = lag = 0
+        for key in self.streams:
+            with contextlib.suppress(ResponseError):
+                for g in await self.redis.xinfo_groups(key):
+                    if _id(g["name"]) == self.opt.group:
+                        pending += int(g.get("pending") or 0)
+                        lag += int(g.get("lag") or 0)
+        self.pending, self.lag = pending, lag
+
+    async def _heartbeat_loop(self) -> None:
+        proc = ProcessStats()
+        meter = RateMeter()
+        interval = self.settings.health_interval_s
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                await self._group_stats()
+                values = {
+                    "role": "consumer",
+                    "group": self.opt.group,
+                    "name": self.opt.name,
+                    "status": self.status,
+                    "handler": str(
+                        self.opt.handler if isinstance(self.opt.handler, str) else "custom"
+                    ),
+                    "markets": ",".join(self.streams.values()),
+                    "processed": self.processed,
+                    "processed_per_s": round(meter.rate(self.processed), 1),
+                    "errors": self.errors,
+                    "dead_lettered": self.dead_lettered,
+                    "reclaimed": self.reclaimed,
+                    "pending": self.pending,
+                    "lag": self.lag,
+                    "updated_ms": now_ms(),
+                    **proc.sample(),
+                }
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.hset(self.health_key, mapping=to_fields(values))  # type: ignore[arg-type]
+                pipe.expire(self.health_key, ttl_s(interval))
+                await pipe.execute()
+            await asyncio.sleep(interval)
