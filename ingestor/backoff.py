@@ -9,10 +9,10 @@ class Backoff:
     """``next()`` gives the next delay: uniform in [d/2, d] where d doubles up to ``max_s``."""
 
     def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self.initial_s = initial_s
-        self.max_s = max(max_s, initial_s)
+        self.max_s = max_s
+        self.initial_s = min(initial_s, max_s)
         self.rng = rng or random.Random()
-        self._ceiling = initial_s
+        self._ceiling = self.initial_s
 
     def next(self) -> float:
         ceiling = self._ceiling

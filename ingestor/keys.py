@@ -12,7 +12,6 @@
 | {p}:health:consumer:{group}:{name} | HASH | consumer heartbeat (TTL) |
 | {p}:latest:{market} | HASH | ``latest`` handler: code -> newest tick JSON |
 | {p}:bars:{market} | STREAM | ``bars`` handler: closed 1-minute OHLCV bars |
-| {p}:bars:last:{market} | HASH | ``bars`` handler: code -> cumulativeVolume seen |
 """
 
 from __future__ import annotations
@@ -53,9 +52,6 @@ class Keys:
 
     def bars(self, market: str) -> str:
         return f"{self.prefix}:bars:{market}"
-
-    def bars_last(self, market: str) -> str:
-        return f"{self.prefix}:bars:last:{market}"
 
     def health_ingestor(self, name: str) -> str:
         return f"{self.prefix}:health:ingestor:{name}"
