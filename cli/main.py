@@ -270,8 +270,9 @@ def streams(c: Ctx, as_json: bool) -> None:
 @click.option("--code", default=None, help="only this code (gap entries always shown)")
 @click.option("-n", "count", default=20, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--follow", "-f", is_flag=True, help="keep printing new ticks (Ctrl-C stops)")
+@json_option
 @pass_ctx
-def tail(c: Ctx, market: str, code: str | None, count: int, follow: bool) -> None:
+def tail(c: Ctx, market: str, code: str | None, count: int, follow: bool, as_json: bool) -> None:
     """The newest ticks of MARKET as readable lines."""
     from cli.ops import tail as tail_rows
     from ingestor.keys import MARKETS
@@ -283,6 +284,14 @@ def tail(c: Ctx, market: str, code: str | None, count: int, follow: bool) -> Non
     code = code.strip().upper() if code else None
     with c.redis() as r:
         rows = tail_rows(r, c.keys, m, count, code)
+        if as_json:
+            emit_json(
+                [
+                    {"id": eid, **{k.decode(): v.decode("utf-8", "replace") for k, v in f.items()}}
+                    for eid, f in rows
+                ]
+            )
+            return
         for eid, fields in rows:
             click.echo(format_entry(m, eid, fields))
         if not follow:

@@ -108,6 +108,16 @@ async def test_three_worker_processes_process_each_entry_exactly_once(
         return beats == [b"running"] * 3
 
     await eventually(all_running, what="three workers running")
+    check = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "consumers.cli", "check", "--group", "g", "--name", "w1"],
+        env=env,
+        capture_output=True,
+        cwd=Path(__file__).parent.parent,
+        timeout=30,
+    )
+    assert check.returncode == 0, check.stderr
+    assert b"g/w1: ok (running)" in check.stdout
     ids = await fill(r, keys, 3000)
 
     async def all_recorded() -> bool:

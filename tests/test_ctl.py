@@ -15,6 +15,7 @@ import redis
 from click.testing import CliRunner
 
 from cli.main import main
+from ingestor.cli import main as ingest_main
 from ingestor.keys import Keys
 from ingestor.settings import Settings
 from ingestor.simulator import Simulator
@@ -186,9 +187,15 @@ async def test_status_health_streams_tail_with_a_running_ingestor(
         lines = out.splitlines()
         assert code == 0 and len(lines) == 5
         assert all("A000660" in line and " kr trade" in line for line in lines)
+        rows = json.loads(ctl("tail", "kr", "-n", "3", "--json")[1])
+        assert len(rows) == 3 and all(json.loads(row["payload"])["code"] for row in rows)
+        ok = CliRunner().invoke(ingest_main, ["check", "--name", s.instance_name])
+        assert ok.exit_code == 0 and "ok (connected)" in ok.output
         guest_keys = set(sim.issued_keys)
     code, out = ctl("health")
     assert code == 1 and "no ingestor heartbeat" in out  # stopped: its key is gone
+    gone = CliRunner().invoke(ingest_main, ["check", "--name", s.instance_name])
+    assert gone.exit_code == 1 and "no heartbeat" in gone.output
     for k in guest_keys:
         assert k not in out
 
