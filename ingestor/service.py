@@ -31,6 +31,7 @@ from ingestor.publisher import Publisher
 from ingestor.redisconn import async_client
 from ingestor.settings import Settings
 from ingestor.sources.toss_web import TossWebSource
+from ingestor.spool import Spool
 from ingestor.subs import Sub
 
 log = logging.getLogger("toss.ingestor")
@@ -57,6 +58,19 @@ class SubState:
         return orjson.dumps({"state": self.state, "since_ms": self.since_ms, "error": self.error})
 
 
+def gap_fields(from_ms: int, to_ms: int, reason: str) -> dict[str, Any]:
+    """A gap entry: the window in which this stream may be missing ticks, and why."""
+    return {
+        "channel": "gap",
+        "code": "",
+        "dt": "",
+        "recv_ms": to_ms,
+        "from_ms": from_ms,
+        "to_ms": to_ms,
+        "reason": reason,
+    }
+
+
 class Ingestor:
     def __init__(
         self,
@@ -68,8 +82,17 @@ class Ingestor:
         self.keys = Keys(settings.key_prefix)
         self.redis = redis or async_client(settings)
         self.source = source or TossWebSource(settings)
+        spool = (
+            Spool(settings.spool_dir / settings.instance_name, settings.spool_max_mb << 20)
+            if settings.spool_max_mb
+            else None
+        )
         self.publisher = Publisher(
-            self.redis, settings.max_message_queue_size, settings.publish_batch_max
+            self.redis,
+            settings.max_message_queue_size,
+            settings.publish_batch_max,
+            spool,
+            gap_fields,
         )
         self.health_key = self.keys.health_ingestor(settings.instance_name)
         # subscription state
@@ -280,7 +303,12 @@ class Ingestor:
             log.warning("unusable frame (%s): %s [%d so far]", reason, detail, self.invalid_total)
         self.publisher.put_nowait(
             self.keys.invalid,
-            {"reason": reason, "detail": detail, "recv_ms": now_ms(), "sample": sample},
+            {
+                "reason": reason,
+                "detail": detail,
+                "recv_ms": now_ms(),
+                "sample": sample.decode("utf-8", "backslashreplace"),
+            },
             self.settings.invalid_maxlen,
         )
 
@@ -381,15 +409,7 @@ class Ingestor:
         for market in sorted(markets):
             self.publisher.put_nowait(
                 self.keys.ticks(market),
-                {
-                    "channel": "gap",
-                    "code": "",
-                    "dt": "",
-                    "recv_ms": to_ms,
-                    "from_ms": from_ms,
-                    "to_ms": to_ms,
-                    "reason": reason,
-                },
+                gap_fields(from_ms, to_ms, reason),
                 self.settings.stream_maxlen,
             )
             self.gaps_total += 1
@@ -464,6 +484,10 @@ class Ingestor:
             if self.last_tick_ms
             else -1,
             "queue_depth": self.publisher.depth,
+            "spool_bytes": self.publisher.spool_bytes,
+            "spooled_total": self.publisher.spooled_total,
+            "spool_dropped_total": self.publisher.dropped_total,
+            "duplicates_skipped": self.publisher.duplicates_skipped,
             "redis_ok": int(self.publisher.redis_ok),
             "written_total": self.publisher.written,
             "updated_ms": now_ms(),
@@ -505,14 +529,15 @@ class Ingestor:
                 await t
         if self._gap is not None:
             self._close_gap()
-        flushed = await self.publisher.flush(10.0)
-        if not flushed:
-            log.error("shutdown: %d ticks could not be written to Redis", self.publisher.depth)
+        await self.publisher.flush(10.0)
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        lost = await self.publisher.persist_rest()
+        if lost:
+            log.error("shutdown: %d entries could not be written to Redis (no spool)", lost)
         with contextlib.suppress(RedisError, OSError):
             await self._flush_states()
             await self.redis.delete(self.health_key)

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     max_message_queue_size: int = Field(10_000, ge=1)
     publish_batch_max: int = Field(1000, ge=1)
     spool_dir: Path = Path("spool")
-    spool_max_mb: int = Field(512, ge=1)
+    spool_max_mb: int = Field(512, ge=0)
 
     # --- health ----------------------------------------------------------------------------------
     instance_name: str = Field(default_factory=socket.gethostname, min_length=1)

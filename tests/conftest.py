@@ -144,3 +144,73 @@ async def until(
         return predicate()
 
     return await eventually(probe, timeout_s, what)
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, on a free loopback port, with an fsync'ed AOF so that
+    stopping and starting it loses nothing that was acknowledged. Never the shared Redis."""
+
+    def __init__(self, directory: Any, extra: tuple[str, ...] = ()) -> None:
+        import shutil
+
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is not installed", pytrace=False)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = directory
+        self.extra = extra
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with redis.Redis(port=self.port, socket_connect_timeout=0.2) as r:
+                    if r.ping():
+                        return
+            except redis.AuthenticationError:
+                return
+            except (redis.RedisError, OSError):
+                time.sleep(0.02)
+        raise RuntimeError("private redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Any) -> Iterator[PrivateRedis]:
+    pr = PrivateRedis(tmp_path)
+    pr.start()
+    yield pr
+    pr.kill()
