@@ -315,6 +315,16 @@ def tail(c: Ctx, market: str, code: str | None, count: int, follow: bool, as_jso
 
 @main.command()
 @pass_ctx
+def acl(c: Ctx) -> None:
+    """Print minimal ACL SETUSER commands for the ingestor, toss-ctl and workers."""
+    from ingestor.acl import setuser_commands
+
+    for line in setuser_commands(c.settings.key_prefix):
+        click.echo(line)
+
+
+@main.command()
+@pass_ctx
 def shell(c: Ctx) -> None:
     """Interactive mode: sub, unsub, bulk, status, subs, health, help, quit."""
     from cli.shell import Shell

@@ -23,6 +23,9 @@ from ingestor.errors import AccessDenied, FeedError
 from ingestor.settings import Settings
 
 log = logging.getLogger("toss.feed")
+# websockets logs whole frames at DEBUG (CONNECT carries the guest key): its logger stays at INFO.
+_ws_log = logging.getLogger("toss.feed.websocket")
+_ws_log.setLevel(logging.INFO)
 
 
 class FeedSource(Protocol):
@@ -98,6 +101,7 @@ class FeedConnection:
                 close_timeout=1.0,
                 proxy=None,
                 user_agent_header=None,
+                logger=_ws_log,
             )
         except InvalidStatus as exc:
             code = exc.response.status_code

@@ -6,7 +6,13 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
-from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    ConnectionError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
 
 from ingestor.settings import Settings
 
@@ -39,8 +45,11 @@ def describe(exc: BaseException, s: Settings) -> str:
         isinstance(exc, ResponseError) and "WRONGPASS" in str(exc)
     ):
         return f"Redis at {url} refused the credentials (wrong user or password)"
-    if isinstance(exc, ResponseError) and "NOPERM" in str(exc):
-        return f"Redis at {url}: the user lacks a permission ({str(exc).split(',')[0]})"
+    if isinstance(exc, NoPermissionError) or (
+        isinstance(exc, ResponseError) and "NOPERM" in str(exc)
+    ):
+        why = str(exc).rsplit("caused error: ", 1)[-1].splitlines()[0]
+        return f"Redis at {url}: the user lacks a permission ({why})"
     if isinstance(exc, ConnectionError | TimeoutError | OSError):
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"Redis unreachable at {url}: {why}"

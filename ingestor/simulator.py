@@ -151,6 +151,8 @@ class Simulator:
             max_size=1024 * 1024,
             ping_interval=None,
             compression="deflate",
+            open_timeout=2,
+            close_timeout=1,
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
