@@ -19,8 +19,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check ingestor consumers cli tests
-	$(BIN)/ruff format --check ingestor consumers cli tests
+	$(BIN)/ruff check ingestor consumers cli tests bench
+	$(BIN)/ruff format --check ingestor consumers cli tests bench
 	$(BIN)/mypy
 
 clean:

@@ -83,7 +83,7 @@ def main(ctx: click.Context, env_file: str | None) -> None:
 
 
 def _subs_or_die(codes: str, market: str, channel: str | None) -> list[Any]:
-    from cli.ops import parse_codes
+    from ingestor.control import parse_codes
     from ingestor.errors import InvalidSymbol
 
     try:

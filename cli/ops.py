@@ -9,12 +9,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import redis
 
+from ingestor.control import change_results, state_rows
 from ingestor.health import Verdict, assess
 from ingestor.keys import MARKETS, Keys
-from ingestor.sources.toss_web import normalise
 from ingestor.subs import Sub
 
 
@@ -22,54 +21,19 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def parse_codes(codes: str | list[str], market: str, channel: str | None = None) -> list[Sub]:
-    """Validate every code before anything is written (raises InvalidSymbol)."""
-    items = codes if isinstance(codes, list) else codes.split(",")
-    out: list[Sub] = []
-    for c in items:
-        if c.strip():
-            sub = normalise(market, c, channel)
-            if sub not in out:
-                out.append(sub)
-    if not out:
-        from ingestor.errors import InvalidSymbol
-
-        raise InvalidSymbol("no codes given")
-    return out
-
-
 def change(r: redis.Redis, keys: Keys, subs: list[Sub], add: bool) -> list[tuple[str, str]]:
     """SADD/SREM each member; publish one nudge when anything changed."""
     pipe = r.pipeline(transaction=False)
     for sub in subs:
         (pipe.sadd if add else pipe.srem)(keys.subs, sub.member)
-    results = pipe.execute()
-    out = []
-    for sub, n in zip(subs, results, strict=True):
-        if add:
-            out.append((sub.member, "added" if n else "already present"))
-        else:
-            out.append((sub.member, "removed" if n else "not present"))
-    if any(results):
+    counts = pipe.execute()
+    if any(counts):
         r.publish(keys.control, "subs")
-    return out
+    return change_results(subs, counts, add)
 
 
 def subscriptions(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
-    members = sorted(_s(m) for m in r.smembers(keys.subs))
-    states = {_s(k): orjson.loads(v) for k, v in r.hgetall(keys.subs_state).items()}
-    rows = []
-    for m in members:
-        st = states.get(m, {})
-        rows.append(
-            {
-                "member": m,
-                "state": st.get("state", "unknown (no ingestor has seen it)"),
-                "since_ms": st.get("since_ms", 0),
-                "error": st.get("error", ""),
-            }
-        )
-    return rows
+    return state_rows(r.smembers(keys.subs), r.hgetall(keys.subs_state))
 
 
 @dataclass

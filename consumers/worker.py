@@ -84,9 +84,21 @@ class Worker:
         self.status = "starting"
         self.last_errors: OrderedDict[str, str] = OrderedDict()  # entry id -> last error
         self._stop = asyncio.Event()
+        self._task: asyncio.Task[int] | None = None
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def __aenter__(self) -> Worker:
+        """``async with Worker(settings, options) as w``: reads until the block ends."""
+        self._task = asyncio.create_task(self.run(), name=f"worker-{self.opt.name}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+        assert self._task is not None
+        await self._task
+        await self.redis.aclose()
 
     # --- groups -----------------------------------------------------------------------------------
 

@@ -120,11 +120,25 @@ class Ingestor:
         self._nudge = asyncio.Event()
         self._conn_ready = asyncio.Event()
         self.exit_reason = ""
+        self._task: asyncio.Task[int] | None = None
 
     # --- public ----------------------------------------------------------------------------------
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def __aenter__(self) -> Ingestor:
+        """``async with Ingestor(settings) as ing``: runs in the background until the block ends."""
+        self._task = asyncio.create_task(self.run(), name="ingestor")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+        assert self._task is not None
+        code = await self._task
+        await self.redis.aclose()
+        if code:
+            raise GaveUp(self.exit_reason)
 
     def nudge(self) -> None:
         self._nudge.set()
@@ -321,6 +335,7 @@ class Ingestor:
 
     async def _reconcile_loop(self) -> None:
         backoff = Backoff(0.2, 5.0)
+        failing = False
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._nudge.wait(), self.settings.reconcile_interval_s)
@@ -328,8 +343,13 @@ class Ingestor:
             try:
                 await self.reconcile_once()
                 backoff.reset()
+                if failing:
+                    log.info("reconcile: desired subscriptions readable again")
+                failing = False
             except (RedisError, OSError) as exc:
-                log.warning("reconcile: cannot read desired subscriptions: %s", exc)
+                if not failing:
+                    log.warning("reconcile: cannot read desired subscriptions: %s", exc)
+                failing = True
                 await self._sleep_unless_stopped(backoff.next())
             except FeedError:
                 pass  # the supervisor sees the connection end and reconnects
