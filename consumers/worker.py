@@ -33,6 +33,7 @@ from consumers.tick import Tick
 from ingestor.backoff import Backoff
 from ingestor.health import ProcessStats, RateMeter, now_ms, to_fields, ttl_s
 from ingestor.keys import MARKETS, Keys
+from ingestor.levels import consumer_level
 from ingestor.redisconn import async_client
 from ingestor.settings import Settings
 
@@ -76,6 +77,8 @@ class Worker:
         self.batch = options.batch or settings.consumer_batch
         self.health_key = self.keys.health_consumer(options.group, options.name)
         self.processed = 0
+        self.batches = 0
+        self.pending_age_s = 0.0
         self.errors = 0
         self.dead_lettered = 0
         self.reclaimed = 0
@@ -187,6 +190,7 @@ class Worker:
         if not ticks:
             return
         error = await self._call(ticks)
+        self.batches += 1
         done = ticks
         if error:
             self.errors += 1
@@ -302,13 +306,20 @@ class Worker:
 
     async def _group_stats(self) -> None:
         pending = lag = 0
+        oldest_ms = 0
         for key in self.streams:
             with contextlib.suppress(ResponseError):
                 for g in await self.redis.xinfo_groups(key):
                     if _id(g["name"]) == self.opt.group:
                         pending += int(g.get("pending") or 0)
                         lag += int(g.get("lag") or 0)
-        self.pending, self.lag = pending, lag
+                if pending:
+                    rows: Any = await self.redis.xpending_range(
+                        key, self.opt.group, min="-", max="+", count=1
+                    )
+                    if rows:
+                        oldest_ms = max(oldest_ms, int(rows[0]["time_since_delivered"]))
+        self.pending, self.lag, self.pending_age_s = pending, lag, oldest_ms / 1000
 
     async def _heartbeat_loop(self) -> None:
         proc = ProcessStats()
@@ -317,7 +328,7 @@ class Worker:
         while True:
             with contextlib.suppress(RedisError, OSError):
                 await self._group_stats()
-                values = {
+                values: dict[str, Any] = {
                     "role": "consumer",
                     "group": self.opt.group,
                     "name": self.opt.name,
@@ -336,6 +347,19 @@ class Worker:
                     "updated_ms": now_ms(),
                     **proc.sample(),
                 }
+                level, reasons = consumer_level(
+                    {
+                        "lag": self.lag,
+                        "pending_age_s": self.pending_age_s,
+                        "batches": self.batches,
+                        "failed_batches": self.errors,
+                        "dead_lettered": self.dead_lettered,
+                        "cpu_percent": float(values["cpu_percent"]),
+                        "rss_mb": float(values["rss_mb"]),
+                    },
+                    self.settings,
+                )
+                values.update(level=level, reasons="; ".join(reasons))
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.hset(self.health_key, mapping=to_fields(values))  # type: ignore[arg-type]
                 pipe.expire(self.health_key, ttl_s(interval))

@@ -72,14 +72,13 @@ def assess(fields: Mapping[str, str], interval_s: float, at_ms: int | None = Non
     age_s = (at_ms - int(fields.get("updated_ms", "0"))) / 1000
     if age_s > ttl_s(interval_s):
         return Verdict(False, f"heartbeat is {age_s:.0f} s old")
-    role = fields.get("role", "")
     status = fields.get("status", "")
-    if role == "ingestor" and status != "connected":
-        reason = fields.get("status_reason", "")
-        return Verdict(False, f"status {status}" + (f": {reason}" if reason else ""))
-    if role == "consumer" and status != "running":
-        return Verdict(False, f"status {status}")
-    return Verdict(True, status)
+    level = fields.get("level", "healthy")
+    reasons = fields.get("reasons", "")
+    if fields.get("status_reason") and status != "connected" and fields.get("role") == "ingestor":
+        status = f"{status}: {fields['status_reason']}"
+    detail = f"{level}, {status}" + (f"; {reasons}" if reasons else "")
+    return Verdict(level != "critical", detail)
 
 
 def to_fields(values: Mapping[str, Any]) -> dict[str, str]:

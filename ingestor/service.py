@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import os
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,6 +30,7 @@ from ingestor.errors import AccessDenied, FeedError, GaveUp
 from ingestor.feed import FeedConnection
 from ingestor.health import ProcessStats, RateMeter, now_ms, to_fields, ttl_s
 from ingestor.keys import Keys
+from ingestor.levels import ingestor_level
 from ingestor.publisher import Publisher
 from ingestor.redisconn import async_client
 from ingestor.settings import Settings
@@ -37,6 +41,17 @@ from ingestor.subs import Sub
 log = logging.getLogger("toss.ingestor")
 
 PENDING, ACTIVE, FAILED, INVALID = "pending", "active", "failed", "invalid"
+EXIT_MEMORY = 3  # over TOSS_RSS_HARD_MB: flushed, gap recorded; the supervisor should restart us
+OPEN_GAP_FILE = "open-gap.json"
+
+
+@dataclass(slots=True)
+class Failure:
+    """A subscription the server refused: retried with backoff while it stays desired."""
+
+    reason: str
+    retry_at: float  # monotonic seconds
+    attempts: int = 1
 
 
 @dataclass(slots=True)
@@ -99,7 +114,15 @@ class Ingestor:
         self.desired: dict[str, Sub] = {}
         self.states: dict[str, SubState] = {}
         self._dirty_states: set[str] = set()
-        self.failed: dict[str, str] = {}  # member -> server's reason; not retried while desired
+        self.failed: dict[str, Failure] = {}  # refused by the server, retried with backoff
+        self.recoveries: Counter[str] = Counter()
+        self.rss_soft_mb = settings.rss_soft_mb
+        self.rss_hard_mb = settings.rss_hard_mb
+        self._soft_tripped = False
+        self.exit_code = 0
+        self._reconnect_times: deque[float] = deque(maxlen=1000)
+        self._down_since = time.monotonic()
+        self._spool_dir = settings.spool_dir / settings.instance_name
         self.routes: dict[str, Route] = {}  # subscription id -> route (current connection)
         self.member_ids: dict[str, str] = {}  # member -> subscription id (current connection)
         # connection
@@ -118,7 +141,6 @@ class Ingestor:
         self.last_tick_ms = 0
         self._stop = asyncio.Event()
         self._nudge = asyncio.Event()
-        self._conn_ready = asyncio.Event()
         self.exit_reason = ""
         self._task: asyncio.Task[int] | None = None
 
@@ -158,6 +180,7 @@ class Ingestor:
             s.key_prefix,
         )
         await self.redis.ping()
+        await self._load_open_gap()
         tasks = [
             asyncio.create_task(self.publisher.run(), name="publisher"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -179,7 +202,43 @@ class Ingestor:
         finally:
             self.status = "stopped"
             await self._shutdown(supervisor, stopper, tasks)
-        return code
+        return code or self.exit_code
+
+    @property
+    def _open_gap_path(self) -> Path:
+        return self._spool_dir / OPEN_GAP_FILE
+
+    async def _load_open_gap(self) -> None:
+        """A previous run left a window open (it stopped while subscribed): close it once we are
+        subscribed again, so consumers see the whole restart as one gap."""
+        if not self.settings.spool_max_mb:
+            return
+        try:
+            raw = await asyncio.to_thread(self._open_gap_path.read_bytes)
+            data = orjson.loads(raw)
+            self._gap = (int(data["from_ms"]), str(data["reason"]), set(data["markets"]))
+        except FileNotFoundError:
+            return
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("ignoring unreadable %s", self._open_gap_path)
+
+    async def _save_open_gap(self, markets: set[str], reason: str) -> None:
+        from_ms = now_ms()
+        if self._gap is not None:
+            from_ms, reason, old = self._gap
+            markets = markets | old
+        if not markets:
+            return
+        data = orjson.dumps({"from_ms": from_ms, "reason": reason, "markets": sorted(markets)})
+
+        def write() -> None:
+            self._spool_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._open_gap_path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, self._open_gap_path)
+
+        await asyncio.to_thread(write)
+        self._gap = None
 
     # --- connection supervisor -------------------------------------------------------------------
 
@@ -222,6 +281,8 @@ class Ingestor:
             if self._stop.is_set():
                 return
             self.reconnects += 1
+            self._reconnect_times.append(time.monotonic())
+            self.recoveries["reconnect"] += 1
             self.disconnect_reasons.append(reason)
             self._set_down(reason)
             if time.monotonic() - started >= s.healthy_session_s:
@@ -241,7 +302,6 @@ class Ingestor:
         self.status = "connected"
         self.status_reason = ""
         self.connected_since_ms = now_ms()
-        self._conn_ready.set()
         self.nudge()
 
     def _on_disconnected(self) -> None:
@@ -249,7 +309,7 @@ class Ingestor:
         if self.conn is not None and conn_had and self._gap is None and not self._stop.is_set():
             self._gap = (now_ms(), self.status_reason or "connection lost", conn_had)
         self.conn = None
-        self._conn_ready.clear()
+        self._down_since = time.monotonic()
         for route in self.routes.values():
             if self.states.get(route.sub.member, SubState(PENDING, 0)).state == ACTIVE:
                 self._set_state(route.sub.member, PENDING, "reconnecting")
@@ -302,8 +362,12 @@ class Ingestor:
         for sub_id, route in list(self.routes.items()):
             if rid and route.receipt == rid:
                 member = route.sub.member
-                log.warning("server refused %s: %s", member, msg)
-                self.failed[member] = msg
+                prev = self.failed.get(member)
+                attempts = prev.attempts + 1 if prev else 1
+                s = self.settings
+                delay = min(s.failed_retry_max_s, s.failed_retry_initial_s * 2 ** (attempts - 1))
+                log.warning("server refused %s: %s (retry in %.0f s)", member, msg, delay)
+                self.failed[member] = Failure(msg, time.monotonic() + delay, attempts)
                 self._set_state(member, FAILED, msg)
                 del self.routes[sub_id]
                 self.member_ids.pop(member, None)
@@ -366,8 +430,10 @@ class Ingestor:
                 del self.failed[m]
         conn = self.conn
         active = set(self.member_ids) if conn is not None else set()
+        now = time.monotonic()
+        waiting = {m: f for m, f in self.failed.items() if f.retry_at > now}
         p = reconcile.plan(
-            members, active, s.subscription_budget, self.source.parse_member, self.failed
+            members, active, s.subscription_budget, self.source.parse_member, waiting
         )
         self.desired = p.desired
         for member, reason in p.invalid.items():
@@ -398,8 +464,17 @@ class Ingestor:
                 if self.conn is not conn:
                     return
             for sub in p.subscribe[i : i + batch]:
-                if sub.member in self.member_ids or sub.member in self.failed:
+                if sub.member in self.member_ids or sub.member in waiting:
                     continue
+                failure = self.failed.get(sub.member)
+                if failure is not None:
+                    self.recoveries["subscription_retry"] += 1
+                    log.info(
+                        "retrying refused subscription %s (attempt %d; it failed with: %s)",
+                        sub.member,
+                        failure.attempts + 1,
+                        failure.reason,
+                    )
                 sub_id = conn.next_id()
                 receipt = f"sub-{sub_id}"
                 self.routes[sub_id] = Route(sub, self.keys.ticks(sub.market), receipt)
@@ -417,12 +492,13 @@ class Ingestor:
                 )
             await self._flush_states()
         conn.has_subscriptions = bool(self.routes)
-        self._close_gap()
+        if self._close_gap() and self.settings.spool_max_mb:
+            await asyncio.to_thread(self._open_gap_path.unlink, missing_ok=True)
         await self._flush_states()
 
-    def _close_gap(self) -> None:
+    def _close_gap(self) -> bool:
         if self._gap is None:
-            return
+            return False
         from_ms, reason, markets = self._gap
         self._gap = None
         to_ms = now_ms()
@@ -433,8 +509,11 @@ class Ingestor:
                 self.settings.stream_maxlen,
             )
             self.gaps_total += 1
+        return True
 
     def _set_state(self, member: str, state: str, error: str = "") -> None:
+        if state == ACTIVE:
+            self.failed.pop(member, None)
         cur = self.states.get(member)
         if cur is not None and cur.state == state and cur.error == error:
             return
@@ -510,10 +589,57 @@ class Ingestor:
             "duplicates_skipped": self.publisher.duplicates_skipped,
             "redis_ok": int(self.publisher.redis_ok),
             "written_total": self.publisher.written,
+            "recoveries": orjson.dumps(dict(self.recoveries)).decode(),
             "updated_ms": now_ms(),
         }
         values.update(proc.sample())
+        hour_ago = time.monotonic() - 3600
+        level, reasons = ingestor_level(
+            {
+                "connected": self.status == "connected",
+                "down_s": 0 if self.conn else time.monotonic() - self._down_since,
+                "reconnects_last_hour": sum(1 for t in self._reconnect_times if t > hour_ago),
+                "desired": len(self.desired),
+                "failed": values["failed"],
+                "frames_total": self.ticks_total + self.invalid_total,
+                "invalid_total": self.invalid_total,
+                "queue_depth": self.publisher.depth,
+                "spool_bytes": self.publisher.spool_bytes,
+                "active": values["active"],
+                "last_tick_age_s": values["last_tick_age_s"],
+                "cpu_percent": float(values["cpu_percent"]),
+                "rss_mb": float(values["rss_mb"]),
+            },
+            self.settings,
+        )
+        values["level"] = level
+        values["reasons"] = "; ".join(reasons)
         return to_fields(values)
+
+    def _guard_memory(self, rss_mb: float) -> None:
+        """Soft limit: collect garbage (once per crossing). Hard limit: stop, flush, exit 3."""
+        if self.rss_hard_mb and rss_mb >= self.rss_hard_mb and not self.exit_code:
+            self.recoveries["memory_hard_limit"] += 1
+            self.exit_code = EXIT_MEMORY
+            self.exit_reason = (
+                f"RSS {rss_mb:.0f} MB over the hard limit of {self.rss_hard_mb} MB: queue flushed, "
+                f"gap recorded, exiting {EXIT_MEMORY} for the supervisor to restart"
+            )
+            log.error("%s", self.exit_reason)
+            self.stop()
+        elif self.rss_soft_mb and rss_mb >= self.rss_soft_mb:
+            if not self._soft_tripped:
+                self._soft_tripped = True
+                self.recoveries["memory_soft_limit"] += 1
+                freed = gc.collect()
+                log.warning(
+                    "RSS %.0f MB over the soft limit of %d MB: collected %d objects",
+                    rss_mb,
+                    self.rss_soft_mb,
+                    freed,
+                )
+        else:
+            self._soft_tripped = False
 
     async def _heartbeat_loop(self) -> None:
         proc = ProcessStats()
@@ -521,6 +647,7 @@ class Ingestor:
         interval = self.settings.health_interval_s
         while True:
             fields = self.health_fields(proc, meter.rate(self.ticks_total))
+            self._guard_memory(float(fields["rss_mb"]))
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.hset(self.health_key, mapping=fields)  # type: ignore[arg-type]
@@ -541,12 +668,17 @@ class Ingestor:
     ) -> None:
         self._stop.set()
         conn = self.conn
+        routed = {r.sub.market for r in self.routes.values()}
         if conn is not None:
             await conn.disconnect(1.0)
         for t in (supervisor, stopper):
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self.settings.spool_max_mb:
+            why = "memory hard limit: restarting" if self.exit_code else "ingestor stopped"
+            with contextlib.suppress(OSError):
+                await self._save_open_gap(routed, why)
         if self._gap is not None:
             self._close_gap()
         await self.publisher.flush(10.0)

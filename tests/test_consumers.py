@@ -117,7 +117,7 @@ async def test_three_worker_processes_process_each_entry_exactly_once(
         timeout=30,
     )
     assert check.returncode == 0, check.stderr
-    assert b"g/w1: ok (running)" in check.stdout
+    assert b"g/w1: ok (healthy, running)" in check.stdout
     ids = await fill(r, keys, 3000)
 
     async def all_recorded() -> bool:

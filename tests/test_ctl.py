@@ -3,7 +3,6 @@ table of bad input: one clear line, the right exit code, nothing written."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -168,11 +167,10 @@ async def test_status_health_streams_tail_with_a_running_ingestor(
     async with running(s) as ing:
         await until(lambda: ing.ticks_total >= 10 and ing.status == "connected")
 
-        def healthy() -> bool:
-            return ctl("health")[0] == 0
+        def healthy_and_connected() -> bool:
+            return ctl("health")[0] == 0 and "test-ingestor: connected" in ctl("status")[1]
 
-        await asyncio.to_thread(lambda: None)
-        await until(healthy, what="toss-ctl health ok")
+        await until(healthy_and_connected, what="toss-ctl health ok, status connected")
         code, out = ctl("status")
         assert code == 0
         assert "test-ingestor: connected" in out
@@ -190,7 +188,7 @@ async def test_status_health_streams_tail_with_a_running_ingestor(
         rows = json.loads(ctl("tail", "kr", "-n", "3", "--json")[1])
         assert len(rows) == 3 and all(json.loads(row["payload"])["code"] for row in rows)
         ok = CliRunner().invoke(ingest_main, ["check", "--name", s.instance_name])
-        assert ok.exit_code == 0 and "ok (connected)" in ok.output
+        assert ok.exit_code == 0 and "ok (healthy, connected)" in ok.output
         guest_keys = set(sim.issued_keys)
     code, out = ctl("health")
     assert code == 1 and "no ingestor heartbeat" in out  # stopped: its key is gone
