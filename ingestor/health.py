@@ -27,10 +27,16 @@ class ProcessStats:
     def __init__(self) -> None:
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)
+        self._cpu_at = time.monotonic()
+        self._cpu = 0.0
 
     def sample(self) -> dict[str, str]:
+        now = time.monotonic()
+        if now - self._cpu_at >= 0.5:  # shorter windows give meaningless percentages
+            self._cpu = self._proc.cpu_percent(None)
+            self._cpu_at = now
         return {
-            "cpu_percent": f"{self._proc.cpu_percent(None):.1f}",
+            "cpu_percent": f"{self._cpu:.1f}",
             "rss_mb": f"{self._proc.memory_info().rss / 1048576:.1f}",
             "host": socket.gethostname(),
             "pid": str(os.getpid()),

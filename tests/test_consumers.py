@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,16 @@ def spawn(env: dict[str, str], name: str, *args: str) -> subprocess.Popen[bytes]
 
 
 async def wait_exit(p: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
-    return await asyncio.wait_for(asyncio.to_thread(p.wait), timeout_s)
+    """The process's exit code; a process still running at the deadline is killed (so a failing
+    test never leaves a worker, or a thread waiting for one, behind)."""
+    deadline = time.monotonic() + timeout_s
+    while p.poll() is None:
+        if time.monotonic() > deadline:
+            p.kill()
+            p.wait()
+            raise AssertionError(f"process {p.args} did not exit within {timeout_s} s")
+        await asyncio.sleep(0.02)
+    return p.returncode
 
 
 async def counts(r: aredis.Redis, key: str) -> dict[str, int]:
@@ -107,25 +117,28 @@ async def test_three_worker_processes_process_each_entry_exactly_once(
         beats = [await r.hget(keys.health_consumer("g", f"w{i}"), "status") for i in range(3)]
         return beats == [b"running"] * 3
 
-    await eventually(all_running, what="three workers running")
-    check = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "consumers.cli", "check", "--group", "g", "--name", "w1"],
-        env=env,
-        capture_output=True,
-        cwd=Path(__file__).parent.parent,
-        timeout=30,
-    )
-    assert check.returncode == 0, check.stderr
-    assert b"g/w1: ok (healthy, running)" in check.stdout
-    ids = await fill(r, keys, 3000)
+    try:
+        await eventually(all_running, what="three workers running")
+        check = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "consumers.cli", "check", "--group", "g", "--name", "w1"],
+            env=env,
+            capture_output=True,
+            cwd=Path(__file__).parent.parent,
+            timeout=30,
+        )
+        assert check.returncode == 0, check.stderr
+        assert b"g/w1: ok (" in check.stdout and b"running" in check.stdout
+        ids = await fill(r, keys, 3000)
 
-    async def all_recorded() -> bool:
-        return bool(await r.hlen(rec) == len(ids))
+        async def all_recorded() -> bool:
+            return bool(await r.hlen(rec) == len(ids))
 
-    await eventually(all_recorded, what="every entry processed")
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
+        await eventually(all_recorded, what="every entry processed")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
     codes = [await wait_exit(p) for p in procs]
     assert codes == [0, 0, 0], [p.stderr.read() if p.stderr else b"" for p in procs]
     got = await counts(r, rec)
