@@ -96,6 +96,7 @@ class FeedConnection:
                 additional_headers=self.source.ws_headers,
                 compression="deflate",
                 max_size=s.max_ws_message_bytes,
+                max_queue=1024,  # messages buffered before reading pauses: fewer pause/resume
                 open_timeout=s.connect_timeout_s,
                 ping_interval=None,
                 close_timeout=1.0,
@@ -191,11 +192,13 @@ class FeedConnection:
         assert self.ws is not None and self.clock is not None
         handler = self.handler
         clock = self.clock
+        ws = self.ws
         try:
-            async for data in self.ws:
+            while True:
+                # text frames as bytes: no UTF-8 decode here and re-encode for the parser
+                raw = await ws.recv(decode=False)
                 now = time.monotonic()
                 clock.received(now)
-                raw = data.encode() if isinstance(data, str) else data
                 recv_ms = int(time.time() * 1000)
                 for item in self.parser.feed(raw):
                     if isinstance(item, stomp.StompError):
@@ -220,10 +223,6 @@ class FeedConnection:
             raise FeedError(
                 f"connection closed by server ({exc.rcvd or 'no close frame'})"
             ) from None
-        raise FeedError(
-            "connection closed by server"
-            + (f" ({self.ws.close_code} {self.ws.close_reason})" if self.ws.close_code else "")
-        )
 
     async def _keepalive(self) -> None:
         assert self.ws is not None and self.clock is not None

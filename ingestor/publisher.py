@@ -2,8 +2,10 @@
 with a disk spool behind it so nothing received is lost while Redis is away or too slow.
 
 - The reader never awaits Redis: ``put_nowait`` appends to the memory queue. When the queue is
-  full, entries go to the spool instead (and keep going there, in order, until the spool is
-  drained), so the reader keeps reading the feed.
+  full because Redis is failing or stalled (a write taking longer than ``STALL_S``), entries go to
+  the spool instead (and keep going there, in order, until the spool is drained), so the reader
+  keeps reading the feed. When the queue is full while Redis is healthy, this process is simply
+  at its limit: the reader waits for room (back-pressure) rather than spend CPU on the disk.
 - One writer takes everything queued (up to ``batch_max``) and sends one pipeline of
   ``XADD key MAXLEN ~ N <id> field value ...``; batches grow under load and stay small when quiet.
   Memory first (it holds the oldest entries), then the spool, in order.
@@ -29,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from ingestor.backoff import Backoff
+from ingestor.resp import RespConnection, pack_xadd
 from ingestor.spool import Spool, encode
 
 log = logging.getLogger("toss.publisher")
@@ -36,6 +39,7 @@ log = logging.getLogger("toss.publisher")
 Fields = dict[Any, Any]  # field -> str | bytes | int
 GapFields = Callable[[int, int, str], Fields]  # (from_ms, to_ms, reason) -> gap entry fields
 SPOOL_FLUSH_BYTES = 1 << 20
+STALL_S = 1.0  # a pipeline in flight longer than this counts as Redis being too slow
 
 
 class Entry:
@@ -57,8 +61,11 @@ class Publisher:
         batch_max: int,
         spool: Spool | None = None,
         gap_fields: GapFields | None = None,
+        fast: bool = True,
     ) -> None:
         self.redis = redis
+        # XADD batches go through a lean RESP connection when the URL allows (plain TCP)
+        self._resp = RespConnection(redis) if fast and RespConnection.usable_for(redis) else None
         self.max_queue = max_queue
         self.batch_max = batch_max
         self.spool = spool
@@ -74,6 +81,7 @@ class Publisher:
         self._space.set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._write_started = 0.0  # monotonic start of the pipeline in flight, 0 when none
         self._ids: dict[str, tuple[int, int]] = {}
         self._drops: dict[str, list[Any]] = {}  # key -> [from_ms, to_ms, count, maxlen]
         self.written = 0
@@ -97,8 +105,14 @@ class Publisher:
         return self._spool_bytes + self._spool_buf_bytes
 
     @property
+    def stalled(self) -> bool:
+        """Redis failing, or the write in flight taking too long."""
+        started = self._write_started
+        return not self.redis_ok or (started > 0 and time.monotonic() - started > STALL_S)
+
+    @property
     def full(self) -> bool:
-        if self.spool is not None:
+        if self.spooling:
             return self._spool_buf_bytes >= SPOOL_FLUSH_BYTES
         return len(self._queue) >= self.max_queue
 
@@ -108,7 +122,9 @@ class Publisher:
 
     def put_nowait(self, key: str, fields: Fields, maxlen: int = 0) -> None:
         """Queue one entry. Never refuses and never blocks: see ``full`` / ``wait_for_room``."""
-        if self.spooling or (self.spool is not None and len(self._queue) >= self.max_queue):
+        if self.spooling or (
+            self.spool is not None and len(self._queue) >= self.max_queue and self.stalled
+        ):
             self._to_spool(key, fields, maxlen)
         else:
             if self._drops:
@@ -158,13 +174,17 @@ class Publisher:
                 self._queue.append(Entry(key, fields, maxlen))
 
     async def wait_for_room(self) -> None:
-        """Called by the reader when ``full``: write the spool buffer to disk, or wait for room."""
-        if self.spool is not None:
+        """Called by the reader when ``full``: write the spool buffer to disk, or wait for room
+        (until Redis stalls, when there is a spool to take over)."""
+        if self.spooling:
             await self._flush_spool_buf()
             return
-        while self.full:
+        while len(self._queue) >= self.max_queue:
+            if self.spool is not None and self.stalled:
+                return
             self._space.clear()
-            await self._space.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._space.wait(), STALL_S / 4)
 
     async def _flush_spool_buf(self, front: bool = False) -> None:
         assert self.spool is not None
@@ -187,7 +207,11 @@ class Publisher:
                 if queue:
                     n = min(len(queue), self.batch_max)
                     batch = [queue[i] for i in range(n)]
-                    await self._write(batch)
+                    self._write_started = time.monotonic()
+                    try:
+                        await self._write(batch)
+                    finally:
+                        self._write_started = 0.0
                     for _ in range(n):
                         queue.popleft()
                     if len(queue) < self.max_queue:
@@ -241,15 +265,10 @@ class Publisher:
         todo = batch
         while todo:
             await self._assign_ids(todo)
-            pipe = self.redis.pipeline(transaction=False)
             first_try = [not e.tried for e in todo]
             for e in todo:
                 e.tried = True  # before execute: a lost reply may still mean it was written
-                if e.maxlen:
-                    pipe.xadd(e.key, e.fields, id=e.id or "*", maxlen=e.maxlen, approximate=True)
-                else:
-                    pipe.xadd(e.key, e.fields, id=e.id or "*")
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._xadd_all(todo)
             retry: list[Entry] = []
             for e, res, first in zip(todo, results, first_try, strict=True):
                 if not isinstance(res, ResponseError):
@@ -268,6 +287,22 @@ class Publisher:
             self.written += len(todo) - len(retry)
             self.batches += 1
             todo = retry
+
+    async def _xadd_all(self, todo: list[Entry]) -> list[Any]:
+        if self._resp is not None:
+            packed = [pack_xadd(e.key, e.id or "*", e.maxlen, e.fields) for e in todo]
+            return await self._resp.execute(packed, len(todo))
+        pipe = self.redis.pipeline(transaction=False)
+        for e in todo:
+            if e.maxlen:
+                pipe.xadd(e.key, e.fields, id=e.id or "*", maxlen=e.maxlen, approximate=True)
+            else:
+                pipe.xadd(e.key, e.fields, id=e.id or "*")
+        return await pipe.execute(raise_on_error=False)
+
+    async def aclose(self) -> None:
+        if self._resp is not None:
+            await self._resp.close()
 
     async def _assign_ids(self, batch: list[Entry]) -> None:
         unknown = {e.key for e in batch if e.id is None and e.key not in self._ids}

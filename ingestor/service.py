@@ -688,6 +688,7 @@ class Ingestor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         lost = await self.publisher.persist_rest()
+        await self.publisher.aclose()
         if lost:
             log.error("shutdown: %d entries could not be written to Redis (no spool)", lost)
         with contextlib.suppress(RedisError, OSError):

@@ -115,8 +115,10 @@ class Simulator:
         rate: float = 20.0,
         scenario: Scenario | None = None,
         heartbeat_ms: int = 5000,
+        compression: str | None = "deflate",
     ) -> None:
         self.host = host
+        self.compression = compression  # permessage-deflate offered to clients, or None
         self.port = port
         self.rate = rate  # ticks per second per connection, spread over its subscriptions
         self.scenario = scenario or Scenario()
@@ -124,8 +126,9 @@ class Simulator:
         self.stats = Stats()
         self.issued_keys: set[str] = set()
         self._server: Server | None = None
-        self._sessions: set[_Session] = set()
+        self._sessions: set[Session] = set()
         self._gens: dict[str, TickGen] = {}
+        self.session_class: type[Session] = Session
 
     @property
     def ws_url(self) -> str:
@@ -150,7 +153,7 @@ class Simulator:
             process_request=self._http,
             max_size=1024 * 1024,
             ping_interval=None,
-            compression="deflate",
+            compression=self.compression,
             open_timeout=2,
             close_timeout=1,
         )
@@ -202,7 +205,7 @@ class Simulator:
     # --- WebSocket ---------------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        session = _Session(self, ws)
+        session = self.session_class(self, ws)
         self._sessions.add(session)
         self.stats.connections += 1
         try:
@@ -214,7 +217,7 @@ class Simulator:
             await session.cleanup()
 
 
-class _Session:
+class Session:
     def __init__(self, sim: Simulator, ws: ServerConnection) -> None:
         self.sim = sim
         self.ws = ws

@@ -20,6 +20,7 @@ one malformed frame costs that frame only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -264,6 +265,29 @@ def _header_end(buf: bytearray, pos: int) -> tuple[int, int]:
 
 
 def _parse_head(raw: bytes, limits: Limits) -> tuple[str, list[tuple[str, str]]]:
+    if (
+        raw.isascii()
+        and b"\\" not in raw
+        and b"\r" not in raw
+        and len(raw) <= limits.max_header_line
+    ):
+        # the common case (every Toss MESSAGE): nothing to decode, unescape or strip, and no line
+        # can be over the limit; one regex pass pulls out every name:value pair
+        text = raw.decode("ascii")
+        nl = text.find("\n")
+        command = text if nl < 0 else text[:nl]
+        if command not in COMMANDS:
+            raise BadCommand(f"unknown command {command[:40]!r}")
+        headers: list[tuple[str, str]] = _HEADER_LINE.findall(text, nl) if nl >= 0 else []
+        if len(headers) == text.count("\n") and len(headers) <= limits.max_headers:
+            return command, headers
+    return _parse_head_general(raw, limits)
+
+
+_HEADER_LINE = re.compile(r"\n([^:\n]*):([^\n]*)")
+
+
+def _parse_head_general(raw: bytes, limits: Limits) -> tuple[str, list[tuple[str, str]]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

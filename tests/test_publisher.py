@@ -1,0 +1,58 @@
+"""Both write paths (lean RESP and redis-py pipeline) produce the same entries; replies and
+errors come back in order."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aredis
+
+from ingestor.publisher import Publisher
+from ingestor.resp import RespConnection, pack_command, pack_xadd
+
+
+def test_pack_xadd_is_resp() -> None:
+    got = pack_xadd("k", "1-0", 100, {"a": b"x\r\ny", "n": 5})
+    assert got == (
+        b"*10\r\n$4\r\nXADD\r\n$1\r\nk\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n$3\r\n100\r\n$3\r\n1-0\r\n"
+        b"$1\r\na\r\n$4\r\nx\r\ny\r\n$1\r\nn\r\n$1\r\n5\r\n"
+    )
+    assert pack_command("PING") == b"*1\r\n$4\r\nPING\r\n"
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_write_paths_agree(r: aredis.Redis, prefix: str, fast: bool) -> None:
+    pub = Publisher(r, max_queue=100, batch_max=7, fast=fast)
+    assert (pub._resp is not None) == fast
+    import asyncio
+
+    writer = asyncio.create_task(pub.run())
+    payload = '{"code":"A005930","close":70000,"name":"삼성전자"}'.encode()
+    for i in range(30):
+        pub.put_nowait(f"{prefix}:ticks:kr", {"channel": "trade", "n": i, "payload": payload}, 1000)
+    assert await pub.flush(5)
+    writer.cancel()
+    await pub.aclose()
+    entries = await r.xrange(f"{prefix}:ticks:kr")
+    assert [int(f[b"n"]) for _, f in entries] == list(range(30))
+    assert all(f[b"payload"] == payload for _, f in entries)
+    ids = [i.decode() for i, _ in entries]
+    assert ids == sorted(ids, key=lambda x: tuple(map(int, x.split("-"))))
+
+
+async def test_resp_connection_returns_errors_in_place(redis_url: str, prefix: str) -> None:
+    client = aredis.Redis.from_url(redis_url)
+    conn = RespConnection(client)
+    key = f"{prefix}:x"
+    replies = await conn.execute(
+        [
+            pack_xadd(key, "5-1", 0, {"a": 1}),
+            pack_xadd(key, "5-1", 0, {"a": 2}),
+            pack_command("XLEN", key),
+        ],
+        3,
+    )
+    assert replies[0] == b"5-1"
+    assert "equal or smaller" in str(replies[1])
+    assert replies[2] == 1
+    await conn.close()
+    await client.aclose()
