@@ -1,4 +1,5 @@
-"""Ticks as handlers see them: typed fields, the verbatim JSON payload parsed only when asked."""
+"""Ticks as handlers see them: typed fields, decoded on first use; the verbatim JSON payload is
+parsed only when ``data`` is asked for."""
 
 from __future__ import annotations
 
@@ -14,42 +15,56 @@ def _s(v: Any) -> str:
 class Tick:
     """One stream entry. ``kind`` is ``"tick"`` or ``"gap"`` (a window the feed could not see)."""
 
-    __slots__ = (
-        "_data",
-        "channel",
-        "code",
-        "dt",
-        "fields",
-        "market",
-        "raw",
-        "recv_ms",
-        "stream_id",
-    )
+    __slots__ = ("_data", "_id", "fields", "market")
 
-    def __init__(self, market: str, stream_id: str, fields: dict[bytes, bytes]) -> None:
+    def __init__(self, market: str, stream_id: bytes | str, fields: dict[bytes, bytes]) -> None:
         self.market = market
-        self.stream_id = stream_id
+        self._id = stream_id
         self.fields = fields
-        self.channel = _s(fields.get(b"channel", b""))
-        self.code = _s(fields.get(b"code", b""))
-        self.dt = _s(fields.get(b"dt", b""))
-        self.recv_ms = int(fields.get(b"recv_ms", b"0") or 0)
-        self.raw: bytes = fields.get(b"payload", b"")
         self._data: Any = None
 
     @property
+    def stream_id(self) -> str:
+        return _s(self._id)
+
+    @property
+    def id_bytes(self) -> bytes:
+        return self._id if isinstance(self._id, bytes) else self._id.encode()
+
+    @property
+    def channel(self) -> str:
+        return _s(self.fields.get(b"channel", b""))
+
+    @property
+    def code(self) -> str:
+        return _s(self.fields.get(b"code", b""))
+
+    @property
+    def dt(self) -> str:
+        return _s(self.fields.get(b"dt", b""))
+
+    @property
+    def recv_ms(self) -> int:
+        return int(self.fields.get(b"recv_ms", b"0") or 0)
+
+    @property
+    def raw(self) -> bytes:
+        return self.fields.get(b"payload", b"")
+
+    @property
     def kind(self) -> str:
-        return "gap" if self.channel == "gap" else "tick"
+        return "gap" if self.is_gap else "tick"
 
     @property
     def is_gap(self) -> bool:
-        return self.channel == "gap"
+        return self.fields.get(b"channel") == b"gap"
 
     @property
     def data(self) -> dict[str, Any]:
         """The payload as a dict (parsed once, on first use)."""
         if self._data is None:
-            parsed = orjson.loads(self.raw) if self.raw else {}
+            raw = self.raw
+            parsed = orjson.loads(raw) if raw else {}
             self._data = parsed if isinstance(parsed, dict) else {"value": parsed}
         return self._data  # type: ignore[no-any-return]
 

@@ -30,11 +30,13 @@ from redis.exceptions import RedisError, ResponseError
 
 from consumers.handlers import Context, resolve
 from consumers.tick import Tick
+from ingestor.aio import finish, sleep_unless
 from ingestor.backoff import Backoff
 from ingestor.health import ProcessStats, RateMeter, now_ms, to_fields, ttl_s
 from ingestor.keys import MARKETS, Keys
 from ingestor.levels import consumer_level
 from ingestor.redisconn import async_client
+from ingestor.resp import RespConnection, pack_command
 from ingestor.settings import Settings
 
 log = logging.getLogger("toss.consumer")
@@ -53,6 +55,10 @@ class WorkerOptions:
     shutdown_s: float = 10.0
 
 
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response
+
+
 def _id(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -66,6 +72,9 @@ class Worker:
             settings,
             socket_timeout=settings.consumer_block_ms / 1000 + settings.redis_socket_timeout_s,
         )
+        # XREADGROUP replies are parsed here (lists from hiredis), not by redis-py's callbacks
+        self.redis.set_response_callback("XREADGROUP", _raw_reply)
+        self._resp = RespConnection(self.redis) if RespConnection.usable_for(self.redis) else None
         self.ctx = Context(settings, self.redis)
         self.handler = resolve(options.handler, self.ctx)
         self.ignores_gaps = bool(getattr(self.handler, "ignores_gaps", False))
@@ -147,29 +156,53 @@ class Worker:
                     self.status = "running"
         finally:
             self.status = "stopped"
-            hb.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hb
+            self._stop.set()
+            await finish([hb], 5.0)
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.delete(self.health_key)
+            if self._resp is not None:
+                await self._resp.close()
         return 0
 
     async def read_once(self) -> int:
         block = self.settings.consumer_block_ms if not self.opt.burst else 50
-        resp: Any = await self.redis.xreadgroup(
+        keys = list(self.streams)
+        resp: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "XREADGROUP",
+            "GROUP",
             self.opt.group,
             self.opt.name,
-            dict.fromkeys(self.streams, ">"),
-            count=self.batch,
-            block=block,
+            "COUNT",
+            self.batch,
+            "BLOCK",
+            block,
+            "STREAMS",
+            *keys,
+            *([">"] * len(keys)),
         )
         n = 0
-        for key, entries in resp or []:
+        # RESP3 gives a map of stream -> entries, RESP2 a list of [stream, entries]
+        for key, entries in resp.items() if isinstance(resp, dict) else resp or []:
             key = _id(key)
-            ticks = [Tick(self.streams[key], _id(i), f) for i, f in entries if f is not None]
+            market = self.streams[key]
+            # raw reply: [[id, [field, value, ...]], ...]; a trimmed entry has no fields
+            ticks = [
+                Tick(market, i, dict(zip(f[::2], f[1::2], strict=True)))
+                for i, f in entries
+                if f is not None
+            ]
             n += len(ticks)
             await self._handle(key, ticks)
         return n
+
+    async def _ack(self, key: str, ticks: list[Tick]) -> None:
+        ids = [t.id_bytes for t in ticks]
+        if self._resp is not None:
+            [reply] = await self._resp.execute([pack_command("XACK", key, self.opt.group, *ids)], 1)
+            if isinstance(reply, Exception):
+                raise reply
+        else:
+            await self.redis.xack(key, self.opt.group, *ids)
 
     async def _call(self, ticks: list[Tick]) -> str:
         """Run the handler; '' on success, else the error (one line)."""
@@ -207,10 +240,11 @@ class Worker:
             while len(self.last_errors) > 10_000:
                 self.last_errors.popitem(last=False)
         if done:
-            await self.redis.xack(key, self.opt.group, *[t.stream_id for t in done])
+            await self._ack(key, done)
             self.processed += len(done)
-            for t in done:
-                self.last_errors.pop(t.stream_id, None)
+            if self.last_errors:
+                for t in done:
+                    self.last_errors.pop(t.stream_id, None)
 
     # --- reclaim, retry, dead letters -------------------------------------------------------------
 
@@ -325,7 +359,7 @@ class Worker:
         proc = ProcessStats()
         meter = RateMeter()
         interval = self.settings.health_interval_s
-        while True:
+        while not self._stop.is_set():
             with contextlib.suppress(RedisError, OSError):
                 await self._group_stats()
                 values: dict[str, Any] = {
@@ -364,4 +398,4 @@ class Worker:
                 pipe.hset(self.health_key, mapping=to_fields(values))  # type: ignore[arg-type]
                 pipe.expire(self.health_key, ttl_s(interval))
                 await pipe.execute()
-            await asyncio.sleep(interval)
+            await sleep_unless(self._stop, interval)

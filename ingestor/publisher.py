@@ -30,6 +30,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from ingestor.aio import sleep_unless
 from ingestor.backoff import Backoff
 from ingestor.resp import RespConnection, pack_xadd
 from ingestor.spool import Spool, encode
@@ -82,6 +83,8 @@ class Publisher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._write_started = 0.0  # monotonic start of the pipeline in flight, 0 when none
+        self._stopping = False
+        self._stopped = asyncio.Event()
         self._ids: dict[str, tuple[int, int]] = {}
         self._drops: dict[str, list[Any]] = {}  # key -> [from_ms, to_ms, count, maxlen]
         self.written = 0
@@ -199,10 +202,16 @@ class Publisher:
 
     # --- writer side -----------------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """The writer ends after the batch in flight (call ``flush`` first to drain)."""
+        self._stopping = True
+        self._stopped.set()
+        self._wake.set()
+
     async def run(self) -> None:
         backoff = Backoff(0.05, 2.0)
         queue = self._queue
-        while True:
+        while not self._stopping:
             try:
                 if queue:
                     n = min(len(queue), self.batch_max)
@@ -234,7 +243,7 @@ class Publisher:
                         self.spool_bytes,
                     )
                 self.redis_ok = False
-                await asyncio.sleep(backoff.next())
+                await sleep_unless(self._stopped, backoff.next())
                 continue
             if not self.redis_ok:
                 log.info("Redis writes resumed")

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ingestor import reconcile, stomp
+from ingestor.aio import finish, sleep_unless
 from ingestor.backoff import Backoff
 from ingestor.errors import AccessDenied, FeedError, GaveUp
 from ingestor.feed import FeedConnection
@@ -148,6 +149,7 @@ class Ingestor:
 
     def stop(self) -> None:
         self._stop.set()
+        self._nudge.set()  # wake the reconciler so it sees the stop at once
 
     async def __aenter__(self) -> Ingestor:
         """``async with Ingestor(settings) as ing``: runs in the background until the block ends."""
@@ -268,7 +270,7 @@ class Ingestor:
                     " (access denied: backing off to the cap)" if denied else "",
                 )
                 self.status = "backing-off"
-                await self._sleep_unless_stopped(delay)
+                await sleep_unless(self._stop, delay)
                 continue
             failures = 0
             self._on_connected(conn)
@@ -290,7 +292,7 @@ class Ingestor:
             delay = backoff.next()
             log.warning("feed connection lost: %s; reconnecting in %.1f s", reason, delay)
             self.status = "backing-off"
-            await self._sleep_unless_stopped(delay)
+            await sleep_unless(self._stop, delay)
 
     def _set_down(self, reason: str) -> None:
         self.status_reason = reason
@@ -316,10 +318,6 @@ class Ingestor:
         self.routes.clear()
         self.member_ids.clear()
         self.connected_since_ms = 0
-
-    async def _sleep_unless_stopped(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), delay)
 
     # --- frames from the connection (FrameHandler) ------------------------------------------------
 
@@ -414,7 +412,7 @@ class Ingestor:
                 if not failing:
                     log.warning("reconcile: cannot read desired subscriptions: %s", exc)
                 failing = True
-                await self._sleep_unless_stopped(backoff.next())
+                await sleep_unless(self._stop, backoff.next())
             except FeedError:
                 pass  # the supervisor sees the connection end and reconnects
 
@@ -552,7 +550,7 @@ class Ingestor:
                         self.nudge()
             except (RedisError, OSError) as exc:
                 log.debug("control channel: %s", exc)
-                await self._sleep_unless_stopped(backoff.next())
+                await sleep_unless(self._stop, backoff.next())
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -645,7 +643,7 @@ class Ingestor:
         proc = ProcessStats()
         meter = RateMeter()
         interval = self.settings.health_interval_s
-        while True:
+        while not self._stop.is_set():
             fields = self.health_fields(proc, meter.rate(self.ticks_total))
             self._guard_memory(float(fields["rss_mb"]))
             try:
@@ -656,7 +654,7 @@ class Ingestor:
                 await self._flush_states()
             except (RedisError, OSError) as exc:
                 log.debug("heartbeat not written: %s", exc)
-            await asyncio.sleep(interval)
+            await sleep_unless(self._stop, interval)
 
     # --- shutdown ---------------------------------------------------------------------------------
 
@@ -671,10 +669,7 @@ class Ingestor:
         routed = {r.sub.market for r in self.routes.values()}
         if conn is not None:
             await conn.disconnect(1.0)
-        for t in (supervisor, stopper):
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await finish([supervisor, stopper], 2.0)
         if self.settings.spool_max_mb:
             why = "memory hard limit: restarting" if self.exit_code else "ingestor stopped"
             with contextlib.suppress(OSError):
@@ -682,11 +677,8 @@ class Ingestor:
         if self._gap is not None:
             self._close_gap()
         await self.publisher.flush(10.0)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        self.publisher.stop()
+        await finish(tasks, 5.0)
         lost = await self.publisher.persist_rest()
         await self.publisher.aclose()
         if lost:

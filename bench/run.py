@@ -1,0 +1,452 @@
+"""``make bench``: the benchmarks, side by side with their baselines, in one run on this machine.
+
+    .venv/bin/python bench/run.py [--seconds 10] [--only ingest,latency,consumer,memory,resub,cli]
+
+Uses the Redis at TOSS_BENCH_REDIS_URL (default redis://127.0.0.1:6379/14; keys under
+``bench:``, deleted before and after) and loopback ports only. Prints a Markdown table and writes
+it to bench/results/latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+import redis
+import redis.asyncio as aredis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ingestor.keys import Keys  # noqa: E402
+
+REDIS_URL = os.environ.get("TOSS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+PREFIX = "bench"
+KEYS = Keys(PREFIX)
+CODES = ["A005930", "A000660", "A035420", "A000020"]
+PY = sys.executable
+rows: list[tuple[str, str, str]] = []
+
+
+def row(what: str, result: str, target: str = "") -> None:
+    rows.append((what, result, target))
+    print(f"{what}: {result}" + (f"   (target {target})" if target else ""), flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean() -> None:
+    with redis.Redis.from_url(REDIS_URL) as r:
+        keys = list(r.scan_iter(match=f"{PREFIX}:*", count=1000))
+        if keys:
+            r.delete(*keys)
+
+
+def env_for(port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOSS_")}
+    env.update(
+        TOSS_REDIS_URL=REDIS_URL,
+        TOSS_KEY_PREFIX=PREFIX,
+        TOSS_WEBSOCKET_URL=f"ws://127.0.0.1:{port}/ws",
+        TOSS_GUEST_KEY_URL=f"http://127.0.0.1:{port}/api/v1/refresh-utk",
+        TOSS_INSTANCE_NAME="bench",
+        TOSS_SPOOL_DIR="/tmp/toss-bench-spool",
+        TOSS_LOG_LEVEL="WARNING",
+        TOSS_HEALTH_INTERVAL_S="0.5",
+    )
+    env.update(extra)
+    return env
+
+
+def start_flood(port: int, rate: float = 0) -> subprocess.Popen[bytes]:
+    p = subprocess.Popen(
+        [PY, str(ROOT / "bench" / "flood.py"), "--port", str(port), "--rate", str(rate)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return p
+        time.sleep(0.05)
+    raise RuntimeError("flood sender did not start")
+
+
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def xlen(r: redis.Redis, key: str) -> int:
+    return int(r.xlen(key)) if r.exists(key) else 0
+
+
+def measure_rate(r: redis.Redis, key: str, seconds: float, warmup_s: float = 3.0) -> float:
+    deadline = time.monotonic() + 20
+    while xlen(r, key) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(warmup_s)
+    a, t0 = xlen(r, key), time.monotonic()
+    time.sleep(seconds)
+    b, t1 = xlen(r, key), time.monotonic()
+    return (b - a) / (t1 - t0)
+
+
+# --- 1. ingest throughput ---------------------------------------------------------------------
+
+
+def bench_ingest(seconds: float) -> None:
+    clean()
+    r = redis.Redis.from_url(REDIS_URL)
+    r.sadd(KEYS.subs, *[f"kr:trade:{c}" for c in CODES])
+    port = free_port()
+    flood = start_flood(port)
+    ing = subprocess.Popen(
+        [PY, "-m", "ingestor.cli", "run"], env=env_for(port, TOSS_SPOOL_MAX_MB="0"), cwd=ROOT
+    )
+    try:
+        ours = measure_rate(r, KEYS.ticks("kr"), seconds)
+        cpu = psutil.Process(ing.pid).cpu_percent(1.0)
+    finally:
+        stop(ing, flood)
+    clean()
+    port = free_port()
+    flood = start_flood(port)
+    naive = subprocess.Popen(
+        [
+            PY,
+            str(ROOT / "bench" / "naive.py"),
+            "--ws",
+            f"ws://127.0.0.1:{port}/ws",
+            "--redis",
+            REDIS_URL,
+            "--key",
+            f"{PREFIX}:naive",
+            "--codes",
+            ",".join(CODES),
+        ],
+    )
+    try:
+        base = measure_rate(r, f"{PREFIX}:naive", seconds)
+    finally:
+        stop(naive, flood)
+    clean()
+    payload = "x" * 300
+    host, port_s, db = re.match(r"redis://([^:/]+):(\d+)/(\d+)", REDIS_URL).groups()  # type: ignore[union-attr]
+    out = subprocess.run(
+        [
+            "redis-benchmark",
+            "-h",
+            host,
+            "-p",
+            port_s,
+            "--dbnum",
+            db,
+            "-c",
+            "1",
+            "-P",
+            "100",
+            "-n",
+            "500000",
+            "-q",
+            "XADD",
+            f"{PREFIX}:rb",
+            "*",
+            "channel",
+            "trade",
+            "code",
+            "A005930",
+            "payload",
+            payload,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    m = re.search(r"([\d.]+) requests per second", out.replace(",", ""))
+    ceiling = float(m.group(1)) if m else float("nan")
+    clean()
+    row(
+        "ingest: flood -> toss-ingest run -> Redis",
+        f"{ours:,.0f} ticks/s (ingestor CPU {cpu:.0f} %)",
+        ">= 100,000 ticks/s",
+    )
+    row("ingest baseline: one awaited XADD per tick", f"{base:,.0f} ticks/s")
+    row("ingest ceiling: redis-benchmark XADD -P 100, one connection", f"{ceiling:,.0f} XADD/s")
+    row("ingest ratio: ours / naive", f"{ours / base:.1f}x", ">= 10x")
+    row("ingest ratio: ours / redis-benchmark", f"{ours / ceiling:.2f}")
+
+
+# --- 2. latency ---------------------------------------------------------------------------------
+
+
+async def _latency_at(rate: float, seconds: float) -> list[float]:
+    clean()
+    r = aredis.Redis.from_url(REDIS_URL)
+    await r.sadd(KEYS.subs, *[f"kr:trade:{c}" for c in CODES])
+    port = free_port()
+    flood = start_flood(port, rate)
+    ing = subprocess.Popen([PY, "-m", "ingestor.cli", "run"], env=env_for(port), cwd=ROOT)
+    lat_ms: list[float] = []
+    try:
+        last = "$"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not lat_ms:
+            resp = await r.xread({KEYS.ticks("kr"): last}, block=500, count=1000)
+            for _, entries in resp or []:
+                last = entries[-1][0]
+                lat_ms.append(0)
+        lat_ms.clear()
+        await asyncio.sleep(1.0)  # warm-up
+        last = "$"
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            resp = await r.xread({KEYS.ticks("kr"): last}, block=200, count=5000)
+            now = time.time_ns()
+            for _, entries in resp or []:
+                last = entries[-1][0]
+                for _, f in entries:
+                    sent = orjson.loads(f[b"payload"]).get("sent_ns")
+                    if sent:
+                        lat_ms.append((now - sent) / 1e6)
+    finally:
+        stop(ing, flood)
+        await r.aclose()
+    return lat_ms
+
+
+def bench_latency(seconds: float) -> None:
+    for rate in (1000, 5000, 10000):
+        lat = asyncio.run(_latency_at(rate, min(seconds, 6)))
+        if not lat:
+            row(f"latency at {rate:,} ticks/s", "no samples")
+            continue
+        q = statistics.quantiles(lat, n=100)
+        row(
+            f"latency at {rate:,} ticks/s (frame sent -> entry readable)",
+            f"p50 {q[49]:.2f} ms, p99 {q[98]:.2f} ms, max {max(lat):.1f} ms ({len(lat):,} ticks)",
+            "p99 <= 5 ms at 10k" if rate == 10000 else "",
+        )
+    clean()
+
+
+# --- 3. consumers -----------------------------------------------------------------------------
+
+
+def _fill(n: int) -> None:
+    r = redis.Redis.from_url(REDIS_URL)
+    payload = orjson.dumps({"code": "A005930", "close": 70000, "volume": 1, "x": "y" * 200})
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(
+            KEYS.ticks("kr"),
+            {"channel": "trade", "code": "A005930", "dt": "", "recv_ms": i, "payload": payload},
+        )
+        if i % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+
+
+def _consume(workers: int, group: str) -> float:
+    env = env_for(free_port(), TOSS_CONSUMER_BLOCK_MS="100", TOSS_HEALTH_INTERVAL_S="2")
+    t0 = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "consumers.cli",
+                "run",
+                "--group",
+                group,
+                "--handler",
+                "noop",
+                "--markets",
+                "kr",
+                "--from-start",
+                "--burst",
+                "--batch",
+                "1000",
+                "--name",
+                f"c{i}",
+            ],
+            env=env,
+            cwd=ROOT,
+        )
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.wait(300)
+    return time.monotonic() - t0
+
+
+def bench_consumer(n: int) -> None:
+    clean()
+    _fill(n)
+    one = n / _consume(1, "one")
+    two = n / _consume(2, "two")
+    clean()
+    row("consumer: 1 worker, noop handler, read+ack", f"{one:,.0f} entries/s", ">= 200,000")
+    row("consumer: 2 workers, same group", f"{two:,.0f} entries/s ({two / one:.2f}x)", ">= 1.6x")
+
+
+# --- 4. memory ----------------------------------------------------------------------------------
+
+
+def bench_memory(seconds: float) -> None:
+    clean()
+    r = redis.Redis.from_url(REDIS_URL)
+    codes = [f"A{i:06d}" for i in range(1000)]
+    r.sadd(KEYS.subs, *[f"kr:trade:{c}" for c in codes])
+    port = free_port()
+    flood = start_flood(port, 10000)
+    ing = subprocess.Popen(
+        [PY, "-m", "ingestor.cli", "run"],
+        env=env_for(port, TOSS_SUBSCRIPTION_BUDGET="1000", TOSS_SUBSCRIBE_BATCH_INTERVAL_MS="20"),
+        cwd=ROOT,
+    )
+    peak = 0.0
+    try:
+        rate = measure_rate(r, KEYS.ticks("kr"), seconds)
+        proc = psutil.Process(ing.pid)
+        for _ in range(5):
+            peak = max(peak, proc.memory_info().rss / 1048576)
+            time.sleep(0.2)
+        active = int(r.hget(KEYS.health_ingestor("bench"), "active") or 0)
+    finally:
+        stop(ing, flood)
+    clean()
+    row(
+        "memory: ingestor RSS, 1,000 subscriptions at 10k ticks/s",
+        f"{peak:.1f} MB ({active} active, {rate:,.0f} ticks/s landed)",
+        "<= 80 MB",
+    )
+
+
+# --- 5. resubscribe -----------------------------------------------------------------------------
+
+
+async def _resub() -> tuple[float, float]:
+    from ingestor.service import Ingestor
+    from ingestor.settings import load_settings
+    from ingestor.simulator import Scenario, Simulator
+
+    clean()
+    sim = Simulator(rate=50, heartbeat_ms=5000, scenario=Scenario(budget=200))
+    await sim.start()
+    members = {f"kr:trade:A{i:06d}" for i in range(100)}
+    r = aredis.Redis.from_url(REDIS_URL)
+    await r.sadd(KEYS.subs, *members)
+    s = load_settings(
+        redis_url=REDIS_URL,
+        key_prefix=PREFIX,
+        websocket_url=sim.ws_url,
+        guest_key_url=sim.guest_key_url,
+        reconnect_initial_s=0.05,
+        reconnect_max_s=0.1,
+        spool_max_mb=0,
+        log_level="WARNING",
+    )
+    ing = Ingestor(s)
+    task = asyncio.create_task(ing.run())
+    while sim.active_subscriptions() != members:
+        await asyncio.sleep(0.01)
+    t_drop = time.monotonic()
+    await sim.drop_all()
+    while ing.status != "connected" or ing.reconnects < 1:
+        await asyncio.sleep(0.001)
+    t_conn = time.monotonic()
+    while sim.active_subscriptions() != members:
+        await asyncio.sleep(0.001)
+    t_done = time.monotonic()
+    ing.stop()
+    await task
+    await ing.redis.aclose()
+    await sim.stop()
+    await r.aclose()
+    clean()
+    return t_done - t_conn, t_done - t_drop
+
+
+def bench_resub() -> None:
+    after_connect, after_drop = asyncio.run(_resub())
+    row(
+        "resubscribe: 100 subscriptions after a reconnect",
+        f"{after_connect:.2f} s from CONNECTED ({after_drop:.2f} s from the drop)",
+        "<= 2.5 s",
+    )
+
+
+# --- 6. CLI start-up ----------------------------------------------------------------------------
+
+
+def bench_cli() -> None:
+    exe = str(Path(PY).parent / "toss-ctl")
+    times = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        subprocess.run([exe, "--help"], stdout=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - t0)
+    row(
+        "CLI: toss-ctl --help wall time",
+        f"median {statistics.median(times) * 1000:.0f} ms "
+        f"(max {max(times) * 1000:.0f} ms, 10 runs)",
+        "<= 300 ms",
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--only", default="ingest,latency,consumer,memory,resub,cli")
+    a = ap.parse_args()
+    which = set(a.only.split(","))
+    cpu = f"{psutil.cpu_count()} cores"
+    print(f"benchmarks on {cpu}, Python {sys.version.split()[0]}, Redis {REDIS_URL}", flush=True)
+    if "ingest" in which:
+        bench_ingest(a.seconds)
+    if "latency" in which:
+        bench_latency(a.seconds)
+    if "consumer" in which:
+        bench_consumer(300_000)
+    if "memory" in which:
+        bench_memory(a.seconds)
+    if "resub" in which:
+        bench_resub()
+    if "cli" in which:
+        bench_cli()
+    table = ["| benchmark | result | target |", "| --- | --- | --- |"]
+    table += [f"| {w} | {res} | {t} |" for w, res, t in rows]
+    text = "\n".join(table) + "\n"
+    print("\n" + text)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    _ = Any
+    sys.exit(main())
