@@ -12,10 +12,13 @@ import contextlib
 import itertools
 import logging
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import DATA_OPCODES, Opcode
+from websockets.frames import Frame as WsFrame
 from websockets.typing import Origin, Subprotocol
 
 from ingestor import stomp
@@ -26,6 +29,32 @@ log = logging.getLogger("toss.feed")
 # websockets logs whole frames at DEBUG (CONNECT carries the guest key): its logger stays at INFO.
 _ws_log = logging.getLogger("toss.feed.websocket")
 _ws_log.setLevel(logging.INFO)
+
+
+class _SinkConnection(ClientConnection):
+    """A websockets connection that hands each complete data message to ``sink`` right in
+    ``data_received``, instead of queueing it for ``recv()``: no future, task switch or queue
+    per message on the hot path. Until a sink is set, messages go to ``recv()`` as usual."""
+
+    sink: Callable[[bytes], None] | None = None
+    _fragments: list[bytes] | None = None
+
+    def process_event(self, event: Any) -> None:
+        sink = self.sink
+        if sink is None or not isinstance(event, WsFrame) or event.opcode not in DATA_OPCODES:
+            super().process_event(event)
+            return
+        data = bytes(event.data)
+        if event.opcode is Opcode.CONT:
+            if self._fragments is not None:
+                self._fragments.append(data)
+                if event.fin:
+                    whole, self._fragments = b"".join(self._fragments), None
+                    sink(whole)
+        elif event.fin:
+            sink(data)
+        else:
+            self._fragments = [data]
 
 
 class FeedSource(Protocol):
@@ -55,6 +84,11 @@ class FrameHandler(Protocol):
 
     def on_invalid(self, reason: str, detail: str, sample: bytes) -> None: ...
 
+    @property
+    def congested(self) -> bool:
+        """True when no more frames should be read until ``drain()`` returns."""
+        ...
+
     async def drain(self) -> None:
         """Back-pressure: return when there is room for more frames."""
         ...
@@ -81,6 +115,10 @@ class FeedConnection:
         self._ids = itertools.count(1)
         self._receipts: dict[str, asyncio.Future[None]] = {}
         self._closing = False
+        self._paused = False
+        self._resume_task: asyncio.Future[None] | None = None
+        self._ended = asyncio.Event()
+        self._failure: FeedError | None = None
 
     def next_id(self) -> str:
         return str(next(self._ids))
@@ -103,6 +141,7 @@ class FeedConnection:
                 proxy=None,
                 user_agent_header=None,
                 logger=_ws_log,
+                create_connection=_SinkConnection,
             )
         except InvalidStatus as exc:
             code = exc.response.status_code
@@ -189,40 +228,68 @@ class FeedConnection:
             await self._abort()
 
     async def _read(self) -> None:
-        assert self.ws is not None and self.clock is not None
-        handler = self.handler
-        clock = self.clock
+        """Frames are handled as they arrive (``_on_message`` runs inside ``data_received``);
+        this waits until the connection ends or a frame ends it."""
         ws = self.ws
+        assert isinstance(ws, _SinkConnection)
+        self._ended = asyncio.Event()
+        self._failure = None
+        ws.sink = self._on_message
+        closed = asyncio.ensure_future(ws.wait_closed())
+        ended = asyncio.ensure_future(self._ended.wait())
         try:
-            while True:
-                # text frames as bytes: no UTF-8 decode here and re-encode for the parser
-                raw = await ws.recv(decode=False)
-                now = time.monotonic()
-                clock.received(now)
-                recv_ms = int(time.time() * 1000)
-                for item in self.parser.feed(raw):
-                    if isinstance(item, stomp.StompError):
-                        handler.on_invalid(_error_reason(item), str(item), raw[:200])
-                    elif item.command == "MESSAGE":
-                        self.last_message = now
-                        handler.on_message(item, recv_ms)
-                    elif item.command == "RECEIPT":
-                        rid = item.get("receipt-id") or ""
-                        fut = self._receipts.pop(rid, None)
-                        if fut is not None and not fut.done():
-                            fut.set_result(None)
-                        handler.on_receipt(rid)
-                    elif item.command == "ERROR":
-                        msg = item.get("message") or item.body.decode("utf-8", "replace")[:200]
-                        if not handler.on_error(item):
-                            raise FeedError(f"server ERROR: {msg}")
-                    else:
-                        handler.on_invalid("unexpected_command", item.command, raw[:200])
-                await handler.drain()
-        except ConnectionClosed as exc:
-            raise FeedError(
-                f"connection closed by server ({exc.rcvd or 'no close frame'})"
-            ) from None
+            await asyncio.wait({closed, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ws.sink = None
+            for f in (closed, ended):
+                f.cancel()
+        if self._failure is not None:
+            raise self._failure
+        code, reason = ws.close_code, ws.close_reason
+        raise FeedError("connection closed by server" + (f" ({code} {reason})" if code else ""))
+
+    def _on_message(self, raw: bytes) -> None:
+        assert self.clock is not None and self.ws is not None
+        if self._failure is not None:
+            return
+        now = time.monotonic()
+        self.clock.received(now)
+        recv_ms = int(time.time() * 1000)
+        handler = self.handler
+        for item in self.parser.feed(raw):
+            if isinstance(item, stomp.StompError):
+                handler.on_invalid(_error_reason(item), str(item), raw[:200])
+            elif item.command == "MESSAGE":
+                self.last_message = now
+                handler.on_message(item, recv_ms)
+            elif item.command == "RECEIPT":
+                rid = item.get("receipt-id") or ""
+                fut = self._receipts.pop(rid, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+                handler.on_receipt(rid)
+            elif item.command == "ERROR":
+                msg = item.get("message") or item.body.decode("utf-8", "replace")[:200]
+                if not handler.on_error(item):
+                    self._failure = FeedError(f"server ERROR: {msg}")
+                    self._ended.set()
+                    return
+            else:
+                handler.on_invalid("unexpected_command", item.command, raw[:200])
+        if handler.congested and not self._paused:
+            # back-pressure: stop reading the socket until the handler has room again
+            self._paused = True
+            self.ws.transport.pause_reading()
+            self._resume_task = asyncio.ensure_future(self._resume_when_drained())
+
+    async def _resume_when_drained(self) -> None:
+        assert self.ws is not None
+        try:
+            await self.handler.drain()
+        finally:
+            self._paused = False
+            with contextlib.suppress(Exception):
+                self.ws.transport.resume_reading()
 
     async def _keepalive(self) -> None:
         assert self.ws is not None and self.clock is not None

@@ -388,6 +388,10 @@ class Ingestor:
             self.settings.invalid_maxlen,
         )
 
+    @property
+    def congested(self) -> bool:
+        return self.publisher.full
+
     async def drain(self) -> None:
         """Called by the reader after each WebSocket message: wait while the queue is full."""
         if self.publisher.full:

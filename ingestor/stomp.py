@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 CLIENT_COMMANDS = frozenset(
     {"CONNECT", "STOMP", "SEND", "SUBSCRIBE", "UNSUBSCRIBE", "ACK", "NACK", "DISCONNECT"}
@@ -62,19 +62,57 @@ class MissingNul(StompError):
     pass
 
 
-@dataclass(slots=True)
 class Frame:
-    """One STOMP frame. ``headers`` keeps every occurrence in order; the first one is the value."""
+    """One STOMP frame. ``headers`` keeps every occurrence in order; the first one is the value.
 
-    command: str
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
+    A parsed frame whose header block needed no unescaping keeps that block as text and builds
+    the header list only when asked: ``get()`` finds a header in the text directly, which is all
+    the hot path needs (``subscription``).
+    """
+
+    __slots__ = ("_head", "_headers", "body", "command")
+
+    def __init__(
+        self,
+        command: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        *,
+        head: str | None = None,
+    ) -> None:
+        self.command = command
+        self._headers = headers if headers is not None or head is not None else []
+        self._head = head  # "COMMAND\nname:value\n..." (validated, nothing to unescape)
+        self.body = body
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        if self._headers is None:
+            assert self._head is not None
+            self._headers = _HEADER_LINE.findall(self._head)
+        return self._headers
 
     def get(self, name: str, default: str | None = None) -> str | None:
+        if self._headers is None and self._head is not None:
+            head = self._head
+            i = head.find("\n" + name + ":")
+            if i < 0:
+                return default
+            start = i + len(name) + 2
+            end = head.find("\n", start)
+            return head[start:] if end < 0 else head[start:end]
         for key, value in self.headers:
             if key == name:
                 return value
         return default
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.command, self.headers, self.body) == (other.command, other.headers, other.body)
+
+    def __repr__(self) -> str:
+        return f"Frame({self.command!r}, {self.headers!r}, {self.body[:60]!r})"
 
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
@@ -209,8 +247,8 @@ class Parser:
                 break
             body_start = end + sep
             try:
-                command, headers = _parse_head(bytes(buf[pos:end]), self.limits)
-                length = _content_length(headers, limit)
+                command, headers, head = _parse_head(bytes(buf[pos:end]), self.limits)
+                length = _content_length(headers, head, limit)
             except StompError as exc:
                 out.append(exc)
                 self._skipping = True
@@ -250,7 +288,7 @@ class Parser:
                     continue
                 body = bytes(buf[body_start:nul])
                 pos = nul + 1
-            out.append(Frame(command, headers, body))
+            out.append(Frame(command, headers, body, head=head))
         del buf[:pos]
         return out
 
@@ -264,7 +302,8 @@ def _header_end(buf: bytearray, pos: int) -> tuple[int, int]:
     return a, 2
 
 
-def _parse_head(raw: bytes, limits: Limits) -> tuple[str, list[tuple[str, str]]]:
+def _parse_head(raw: bytes, limits: Limits) -> tuple[str, list[tuple[str, str]] | None, str | None]:
+    """(command, headers, head text): headers is None when the text can be read lazily."""
     if (
         raw.isascii()
         and b"\\" not in raw
@@ -272,16 +311,16 @@ def _parse_head(raw: bytes, limits: Limits) -> tuple[str, list[tuple[str, str]]]
         and len(raw) <= limits.max_header_line
     ):
         # the common case (every Toss MESSAGE): nothing to decode, unescape or strip, and no line
-        # can be over the limit; one regex pass pulls out every name:value pair
+        # can be over the limit; check the shape now, split into pairs only if someone asks
         text = raw.decode("ascii")
-        nl = text.find("\n")
-        command = text if nl < 0 else text[:nl]
+        lines = text.split("\n")
+        command = lines[0]
         if command not in COMMANDS:
             raise BadCommand(f"unknown command {command[:40]!r}")
-        headers: list[tuple[str, str]] = _HEADER_LINE.findall(text, nl) if nl >= 0 else []
-        if len(headers) == text.count("\n") and len(headers) <= limits.max_headers:
-            return command, headers
-    return _parse_head_general(raw, limits)
+        if len(lines) - 1 <= limits.max_headers and all(":" in line for line in lines[1:]):
+            return command, None, text
+    command, headers = _parse_head_general(raw, limits)
+    return command, headers, None
 
 
 _HEADER_LINE = re.compile(r"\n([^:\n]*):([^\n]*)")
@@ -313,16 +352,26 @@ def _parse_head_general(raw: bytes, limits: Limits) -> tuple[str, list[tuple[str
     return command, headers
 
 
-def _content_length(headers: Iterable[tuple[str, str]], limit: int) -> int | None:
-    for key, value in headers:
-        if key == "content-length":
-            if not value.isascii() or not value.isdigit():
-                raise BadContentLength(f"content-length must be a non-negative integer: {value!r}")
-            length = int(value)
-            if length > limit:
-                raise FrameTooLarge(f"content-length {length} exceeds {limit} bytes")
-            return length
-    return None
+def _content_length(
+    headers: Iterable[tuple[str, str]] | None, head: str | None, limit: int
+) -> int | None:
+    value: str | None = None
+    if headers is None:
+        assert head is not None
+        i = head.find("\ncontent-length:")
+        if i >= 0:
+            end = head.find("\n", i + 16)
+            value = head[i + 16 :] if end < 0 else head[i + 16 : end]
+    else:
+        value = next((v for k, v in headers if k == "content-length"), None)
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit():
+        raise BadContentLength(f"content-length must be a non-negative integer: {value!r}")
+    length = int(value)
+    if length > limit:
+        raise FrameTooLarge(f"content-length {length} exceeds {limit} bytes")
+    return length
 
 
 def parse_all(data: bytes, limits: Limits | None = None) -> list[Frame]:
