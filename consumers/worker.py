@@ -75,6 +75,7 @@ class Worker:
         # XREADGROUP replies are parsed here (lists from hiredis), not by redis-py's callbacks
         self.redis.set_response_callback("XREADGROUP", _raw_reply)
         self._resp = RespConnection(self.redis) if RespConnection.usable_for(self.redis) else None
+        self._deferred: list[tuple[str, list[bytes]]] = []  # acks that ride with the next read
         self.ctx = Context(settings, self.redis)
         self.handler = resolve(options.handler, self.ctx)
         self.ignores_gaps = bool(getattr(self.handler, "ignores_gaps", False))
@@ -140,8 +141,10 @@ class Worker:
                         next_claim = time.monotonic() + min(1.0, self.opt.retry_idle_ms / 2000)
                     did += await self.read_once()
                     backoff.reset()
-                    if self.opt.burst and did == 0 and await self._nothing_pending():
-                        break
+                    if self.opt.burst and did == 0:
+                        await self.flush_acks()
+                        if await self._nothing_pending():
+                            break
                 except ResponseError as exc:
                     if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
                         log.warning("group or stream disappeared: recreating %s", self.opt.group)
@@ -157,6 +160,8 @@ class Worker:
         finally:
             self.status = "stopped"
             self._stop.set()
+            with contextlib.suppress(RedisError, OSError):
+                await self.flush_acks()
             await finish([hb], 5.0)
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.delete(self.health_key)
@@ -165,21 +170,29 @@ class Worker:
         return 0
 
     async def read_once(self) -> int:
+        """Read one batch per stream and handle it. Over the lean RESP connection the acks of
+        the previous batch travel in the same round trip as this read."""
         block = self.settings.consumer_block_ms if not self.opt.burst else 50
         keys = list(self.streams)
-        resp: Any = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-            "XREADGROUP",
-            "GROUP",
-            self.opt.group,
-            self.opt.name,
-            "COUNT",
-            self.batch,
-            "BLOCK",
-            block,
-            "STREAMS",
-            *keys,
-            *([">"] * len(keys)),
-        )
+        read = (
+            "XREADGROUP", "GROUP", self.opt.group, self.opt.name, "COUNT", self.batch,
+            "BLOCK", block, "STREAMS", *keys, *([">"] * len(keys)),
+        )  # fmt: skip
+        resp: Any
+        if self._resp is not None:
+            acks, self._deferred = self._deferred, []
+            cmds = [pack_command("XACK", key, self.opt.group, *ids) for key, ids in acks]
+            try:
+                replies = await self._resp.execute([*cmds, pack_command(*read)], len(cmds) + 1)
+            except BaseException:
+                self._deferred[:0] = acks  # XACK is idempotent: send them again next time
+                raise
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            resp = replies[-1]
+        else:
+            resp = await self.redis.execute_command(*read)  # type: ignore[no-untyped-call]
         n = 0
         # RESP3 gives a map of stream -> entries, RESP2 a list of [stream, entries]
         for key, entries in resp.items() if isinstance(resp, dict) else resp or []:
@@ -192,7 +205,7 @@ class Worker:
                 if f is not None
             ]
             n += len(ticks)
-            await self._handle(key, ticks)
+            await self._handle(key, ticks, defer_ack=self._resp is not None)
         return n
 
     async def _ack(self, key: str, ticks: list[Tick]) -> None:
@@ -203,6 +216,21 @@ class Worker:
                 raise reply
         else:
             await self.redis.xack(key, self.opt.group, *ids)
+
+    async def flush_acks(self) -> None:
+        """Send acks still waiting for the next read (before stopping or checking pending)."""
+        if self._resp is None or not self._deferred:
+            return
+        acks, self._deferred = self._deferred, []
+        cmds = [pack_command("XACK", key, self.opt.group, *ids) for key, ids in acks]
+        try:
+            replies = await self._resp.execute(cmds, len(cmds))
+        except BaseException:
+            self._deferred[:0] = acks
+            raise
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
 
     async def _call(self, ticks: list[Tick]) -> str:
         """Run the handler; '' on success, else the error (one line)."""
@@ -217,7 +245,7 @@ class Worker:
             return f"{type(exc).__name__}: {exc}"[:500]
         return ""
 
-    async def _handle(self, key: str, ticks: list[Tick]) -> None:
+    async def _handle(self, key: str, ticks: list[Tick], defer_ack: bool = False) -> None:
         """Handle a batch and ack what succeeded. When the batch fails, each entry is tried on its
         own, so one poison entry does not hold back (or dead-letter) its neighbours."""
         if not ticks:
@@ -240,7 +268,10 @@ class Worker:
             while len(self.last_errors) > 10_000:
                 self.last_errors.popitem(last=False)
         if done:
-            await self._ack(key, done)
+            if defer_ack:
+                self._deferred.append((key, [t.id_bytes for t in done]))
+            else:
+                await self._ack(key, done)
             self.processed += len(done)
             if self.last_errors:
                 for t in done:
