@@ -81,6 +81,10 @@ async def run_demo(seconds: float = 0.0) -> None:
     ingest = asyncio.create_task(ing.run())
     from consumers.worker import Worker, WorkerOptions
 
+    for market in ("kr", "us", "crypto"):  # a fresh 'demo' group: show live ticks, no backlog
+        with contextlib.suppress(redis.RedisError):
+            await ing.redis.xgroup_destroy(keys.ticks(market), "demo")
+
     worker = Worker(
         s,
         WorkerOptions(group="demo", handler="print", markets=("kr", "us", "crypto"), name="demo-1"),
