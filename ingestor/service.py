@@ -13,11 +13,9 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,6 +27,8 @@ from ingestor.aio import finish, sleep_unless
 from ingestor.backoff import Backoff
 from ingestor.errors import AccessDenied, FeedError, GaveUp
 from ingestor.feed import FeedConnection
+from ingestor.gaps import OpenGapFile, gap_fields
+from ingestor.guard import MemoryGuard
 from ingestor.health import ProcessStats, RateMeter, now_ms, to_fields, ttl_s
 from ingestor.keys import Keys
 from ingestor.levels import ingestor_level
@@ -43,7 +43,6 @@ log = logging.getLogger("toss.ingestor")
 
 PENDING, ACTIVE, FAILED, INVALID = "pending", "active", "failed", "invalid"
 EXIT_MEMORY = 3  # over TOSS_RSS_HARD_MB: flushed, gap recorded; the supervisor should restart us
-OPEN_GAP_FILE = "open-gap.json"
 
 
 @dataclass(slots=True)
@@ -72,19 +71,6 @@ class SubState:
 
     def encode(self) -> bytes:
         return orjson.dumps({"state": self.state, "since_ms": self.since_ms, "error": self.error})
-
-
-def gap_fields(from_ms: int, to_ms: int, reason: str) -> dict[str, Any]:
-    """A gap entry: the window in which this stream may be missing ticks, and why."""
-    return {
-        "channel": "gap",
-        "code": "",
-        "dt": "",
-        "recv_ms": to_ms,
-        "from_ms": from_ms,
-        "to_ms": to_ms,
-        "reason": reason,
-    }
 
 
 class Ingestor:
@@ -117,13 +103,11 @@ class Ingestor:
         self._dirty_states: set[str] = set()
         self.failed: dict[str, Failure] = {}  # refused by the server, retried with backoff
         self.recoveries: Counter[str] = Counter()
-        self.rss_soft_mb = settings.rss_soft_mb
-        self.rss_hard_mb = settings.rss_hard_mb
-        self._soft_tripped = False
+        self.memory = MemoryGuard(settings.rss_soft_mb, settings.rss_hard_mb)
         self.exit_code = 0
         self._reconnect_times: deque[float] = deque(maxlen=1000)
         self._down_since = time.monotonic()
-        self._spool_dir = settings.spool_dir / settings.instance_name
+        self._open_gap_file = OpenGapFile(settings.spool_dir / settings.instance_name)
         self.routes: dict[str, Route] = {}  # subscription id -> route (current connection)
         self.member_ids: dict[str, str] = {}  # member -> subscription id (current connection)
         # connection
@@ -182,7 +166,9 @@ class Ingestor:
             s.key_prefix,
         )
         await self.redis.ping()
-        await self._load_open_gap()
+        if self.settings.spool_max_mb:
+            # a previous run stopped while subscribed: its window closes when we are subscribed
+            self._gap = await self._open_gap_file.load()
         tasks = [
             asyncio.create_task(self.publisher.run(), name="publisher"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -205,42 +191,6 @@ class Ingestor:
             self.status = "stopped"
             await self._shutdown(supervisor, stopper, tasks)
         return code or self.exit_code
-
-    @property
-    def _open_gap_path(self) -> Path:
-        return self._spool_dir / OPEN_GAP_FILE
-
-    async def _load_open_gap(self) -> None:
-        """A previous run left a window open (it stopped while subscribed): close it once we are
-        subscribed again, so consumers see the whole restart as one gap."""
-        if not self.settings.spool_max_mb:
-            return
-        try:
-            raw = await asyncio.to_thread(self._open_gap_path.read_bytes)
-            data = orjson.loads(raw)
-            self._gap = (int(data["from_ms"]), str(data["reason"]), set(data["markets"]))
-        except FileNotFoundError:
-            return
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            log.warning("ignoring unreadable %s", self._open_gap_path)
-
-    async def _save_open_gap(self, markets: set[str], reason: str) -> None:
-        from_ms = now_ms()
-        if self._gap is not None:
-            from_ms, reason, old = self._gap
-            markets = markets | old
-        if not markets:
-            return
-        data = orjson.dumps({"from_ms": from_ms, "reason": reason, "markets": sorted(markets)})
-
-        def write() -> None:
-            self._spool_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self._open_gap_path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, self._open_gap_path)
-
-        await asyncio.to_thread(write)
-        self._gap = None
 
     # --- connection supervisor -------------------------------------------------------------------
 
@@ -495,7 +445,7 @@ class Ingestor:
             await self._flush_states()
         conn.has_subscriptions = bool(self.routes)
         if self._close_gap() and self.settings.spool_max_mb:
-            await asyncio.to_thread(self._open_gap_path.unlink, missing_ok=True)
+            await self._open_gap_file.remove()
         await self._flush_states()
 
     def _close_gap(self) -> bool:
@@ -619,29 +569,25 @@ class Ingestor:
         return to_fields(values)
 
     def _guard_memory(self, rss_mb: float) -> None:
-        """Soft limit: collect garbage (once per crossing). Hard limit: stop, flush, exit 3."""
-        if self.rss_hard_mb and rss_mb >= self.rss_hard_mb and not self.exit_code:
+        verdict = self.memory.check(rss_mb)
+        if verdict == "hard":
             self.recoveries["memory_hard_limit"] += 1
             self.exit_code = EXIT_MEMORY
             self.exit_reason = (
-                f"RSS {rss_mb:.0f} MB over the hard limit of {self.rss_hard_mb} MB: queue flushed, "
-                f"gap recorded, exiting {EXIT_MEMORY} for the supervisor to restart"
+                f"RSS {rss_mb:.0f} MB over the hard limit of {self.memory.hard_mb} MB: queue "
+                f"flushed, gap recorded, exiting {EXIT_MEMORY} for the supervisor to restart"
             )
             log.error("%s", self.exit_reason)
             self.stop()
-        elif self.rss_soft_mb and rss_mb >= self.rss_soft_mb:
-            if not self._soft_tripped:
-                self._soft_tripped = True
-                self.recoveries["memory_soft_limit"] += 1
-                freed = gc.collect()
-                log.warning(
-                    "RSS %.0f MB over the soft limit of %d MB: collected %d objects",
-                    rss_mb,
-                    self.rss_soft_mb,
-                    freed,
-                )
-        else:
-            self._soft_tripped = False
+        elif verdict == "soft":
+            self.recoveries["memory_soft_limit"] += 1
+            freed = gc.collect()
+            log.warning(
+                "RSS %.0f MB over the soft limit of %d MB: collected %d objects",
+                rss_mb,
+                self.memory.soft_mb,
+                freed,
+            )
 
     async def _heartbeat_loop(self) -> None:
         proc = ProcessStats()
@@ -676,8 +622,13 @@ class Ingestor:
         await finish([supervisor, stopper], 2.0)
         if self.settings.spool_max_mb:
             why = "memory hard limit: restarting" if self.exit_code else "ingestor stopped"
-            with contextlib.suppress(OSError):
-                await self._save_open_gap(routed, why)
+            gap = (now_ms(), why, routed) if self._gap is None else self._gap
+            if self._gap is not None:
+                gap = (gap[0], gap[1], gap[2] | routed)
+            if gap[2]:
+                with contextlib.suppress(OSError):
+                    await self._open_gap_file.save(gap)
+                self._gap = None
         if self._gap is not None:
             self._close_gap()
         await self.publisher.flush(10.0)

@@ -129,7 +129,7 @@ async def test_memory_hard_limit_flushes_exits_3_and_a_restart_loses_nothing(
     ing = Ingestor(s)
     task = asyncio.create_task(ing.run())
     await until(lambda: ing.ticks_total > 200, what="ticks flowing")
-    ing.rss_hard_mb = 1  # any process is over 1 MB: the next heartbeat trips it
+    ing.memory.hard_mb = 1  # any process is over 1 MB: the next heartbeat trips it
     assert await asyncio.wait_for(task, 20) == EXIT_MEMORY
     await ing.redis.aclose()
     assert "hard limit" in ing.exit_reason and ing.recoveries["memory_hard_limit"] == 1
@@ -152,3 +152,19 @@ async def test_memory_hard_limit_flushes_exits_3_and_a_restart_loses_nothing(
         assert len(gaps) == 1 and b"memory hard limit" in gaps[0]["reason"]
         got = [e for e in real_ticks(entries) if e["code"] == code.encode()]
         assert len(got) == sim.stats.sent[m]
+
+
+def test_memory_guard_verdicts() -> None:
+    from ingestor.guard import MemoryGuard
+
+    g = MemoryGuard(soft_mb=100, hard_mb=200)
+    assert [g.check(x) for x in (50, 120, 130, 90, 110, 250, 260)] == [
+        None,
+        "soft",
+        None,
+        None,
+        "soft",
+        "hard",
+        None,
+    ]
+    assert MemoryGuard(0, 0).check(10_000) is None

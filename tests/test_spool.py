@@ -99,7 +99,7 @@ async def test_shutdown_while_redis_is_down_keeps_everything_for_the_next_start(
 async def test_spool_cap_drops_are_counted_and_marked_by_a_gap(
     private_redis: PrivateRedis, tmp_path: Path
 ) -> None:
-    from ingestor.service import gap_fields
+    from ingestor.gaps import gap_fields
 
     r = aredis.Redis.from_url(private_redis.url, socket_timeout=1, socket_connect_timeout=0.5)
     pub = Publisher(
