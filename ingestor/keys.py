@@ -44,11 +44,17 @@ class Keys:
     def ticks(self, market: str) -> str:
         return f"{self.prefix}:ticks:{market}"
 
+    def is_ticks(self, key: str) -> bool:
+        return key.startswith(f"{self.prefix}:ticks:")
+
     def dead(self, market: str) -> str:
         return f"{self.prefix}:dead:{market}"
 
     def latest(self, market: str) -> str:
         return f"{self.prefix}:latest:{market}"
+
+    def latest_recv_ms(self, market: str) -> str:
+        return f"{self.prefix}:latest:{market}:recv_ms"
 
     def bars(self, market: str) -> str:
         return f"{self.prefix}:bars:{market}"

@@ -38,7 +38,8 @@ from ingestor.spool import Spool, encode
 log = logging.getLogger("toss.publisher")
 
 Fields = dict[Any, Any]  # field -> str | bytes | int
-GapFields = Callable[[int, int, str], Fields]  # (from_ms, to_ms, reason) -> gap entry fields
+# (stream key, from_ms, to_ms, reason) -> the gap entry for that stream, or None (not a tick stream)
+GapFields = Callable[[str, int, int, str], Fields | None]
 SPOOL_FLUSH_BYTES = 1 << 20
 STALL_S = 1.0  # a pipeline in flight longer than this counts as Redis being too slow
 
@@ -166,9 +167,13 @@ class Publisher:
         drops, self._drops = self._drops, {}
         for key, (from_ms, to_ms, count, maxlen) in drops.items():
             log.error("spool full: %d entries of %s lost (gap entry written)", count, key)
-            if self._gap_fields is None or ":ticks:" not in key:
+            fields = (
+                self._gap_fields(key, from_ms, to_ms, f"spool full: {count} ticks lost")
+                if self._gap_fields is not None
+                else None
+            )
+            if fields is None:
                 continue
-            fields = self._gap_fields(from_ms, to_ms, f"spool full: {count} ticks lost")
             if self.spooling:
                 data = encode(key, maxlen, None, fields)
                 self._spool_buf.append(data)

@@ -94,7 +94,7 @@ class Ingestor:
             settings.max_message_queue_size,
             settings.publish_batch_max,
             spool,
-            gap_fields,
+            self._spool_gap,
         )
         self.health_key = self.keys.health_ingestor(settings.instance_name)
         # subscription state
@@ -130,6 +130,9 @@ class Ingestor:
         self._task: asyncio.Task[int] | None = None
 
     # --- public ----------------------------------------------------------------------------------
+
+    def _spool_gap(self, key: str, from_ms: int, to_ms: int, reason: str) -> dict[str, Any] | None:
+        return gap_fields(from_ms, to_ms, reason) if self.keys.is_ticks(key) else None
 
     def stop(self) -> None:
         self._stop.set()

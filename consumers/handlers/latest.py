@@ -33,6 +33,9 @@ class LatestHandler:
         pipe = self.ctx.redis.pipeline(transaction=False)
         keys = self.ctx.keys
         for (market, code), t in newest.items():
-            k = keys.latest(market)
-            await self.script(keys=[k, k + ":recv_ms"], args=[code, t.recv_ms, t.raw], client=pipe)
+            await self.script(
+                keys=[keys.latest(market), keys.latest_recv_ms(market)],
+                args=[code, t.recv_ms, t.raw],
+                client=pipe,
+            )
         await pipe.execute()
