@@ -54,7 +54,8 @@ def pack_command(*args: Any) -> bytes:
 
 
 def pack_xadd(key: str, entry_id: str, maxlen: int, fields: dict[Any, Any]) -> bytes:
-    """``XADD key [MAXLEN ~ n] id field value ...`` as RESP."""
+    """``XADD key [MAXLEN ~ n] id field value ...`` as RESP. Field names, stream keys and short
+    repeated values (codes, channels) come from a cache: this runs once per tick."""
     head = _HEADS.get((key, maxlen, len(fields)))
     if head is None:
         n = 3 + 2 * len(fields) + (3 if maxlen else 0)
@@ -63,15 +64,26 @@ def pack_xadd(key: str, entry_id: str, maxlen: int, fields: dict[Any, Any]) -> b
             m = b"%d" % maxlen
             head += b"$6\r\nMAXLEN\r\n$1\r\n~\r\n$%d\r\n%s\r\n" % (len(m), m)
         _HEADS[(key, maxlen, len(fields))] = head
-    parts = [head, _bulk(entry_id.encode())]
+    eid = entry_id.encode()
+    parts = [head, b"$%d\r\n%s\r\n" % (len(eid), eid)]
+    append = parts.append
+    cache = _ENCODED
     for k, v in fields.items():
-        parts.append(_bulk_cached(k))
-        if isinstance(v, bytes):
-            parts.append(b"$%d\r\n%s\r\n" % (len(v), v))
-        elif isinstance(v, str) and len(v) <= 16:
-            parts.append(_bulk_cached(v))
+        kb = cache.get(k)
+        append(kb if kb is not None else _bulk_cached(k))
+        cls = v.__class__
+        if cls is bytes:
+            append(b"$%d\r\n%s\r\n" % (len(v), v))
+        elif cls is str:
+            vb = cache.get(v)
+            if vb is None:
+                vb = _bulk_cached(v) if len(v) <= 16 else _bulk(v.encode())
+            append(vb)
+        elif cls is int:
+            d = b"%d" % v
+            append(b"$%d\r\n%s\r\n" % (len(d), d))
         else:
-            parts.append(_bulk(_b(v)))
+            append(_bulk(_b(v)))
     return b"".join(parts)
 
 
