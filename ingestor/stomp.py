@@ -207,6 +207,10 @@ class Parser:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Frame | StompError]:
+        if not self._buf and not self._skipping and data[:8] == b"MESSAGE\n":
+            one = self._one_message(data)
+            if one is not None:
+                return [one]
         buf = self._buf
         buf += data
         out: list[Frame | StompError] = []
@@ -291,6 +295,35 @@ class Parser:
             out.append(Frame(command, headers, body, head=head))
         del buf[:pos]
         return out
+
+    def _one_message(self, data: bytes) -> Frame | None:
+        """The shape of nearly every feed message: exactly one MESSAGE with a plain header block
+        and a content-length body, alone in its WebSocket message. Anything else (or any doubt)
+        returns None and takes the general path, which gives the same frame or the precise error."""
+        end = data.find(b"\n\n")
+        if end < 0 or len(data) > self.limits.max_frame_bytes:
+            return None
+        raw = data[:end]
+        if not raw.isascii() or b"\\" in raw or b"\r" in raw or b"\x00" in raw:
+            return None
+        if end > self.limits.max_header_line:
+            return None
+        text = raw.decode("ascii")
+        lines = text.split("\n")
+        if len(lines) - 1 > self.limits.max_headers or not all(":" in ln for ln in lines[1:]):
+            return None
+        i = text.find("\ncontent-length:")
+        if i < 0:
+            return None
+        j = text.find("\n", i + 16)
+        value = text[i + 16 :] if j < 0 else text[i + 16 : j]
+        if not value.isdigit():
+            return None
+        start = end + 2
+        stop = start + int(value)
+        if stop + 1 != len(data) or data[stop] != 0:
+            return None
+        return Frame("MESSAGE", None, data[start:stop], head=text)
 
 
 def _header_end(buf: bytearray, pos: int) -> tuple[int, int]:

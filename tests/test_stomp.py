@@ -225,3 +225,18 @@ def test_random_bytes_give_only_codec_errors(data: bytes) -> None:
 def test_structured_garbage_gives_only_codec_errors(parts: list[bytes]) -> None:
     with contextlib.suppress(StompError):
         parse_all(b"".join(parts))
+
+
+@given(
+    st.lists(st.tuples(_text.filter(lambda k: k != "content-length"), _text), max_size=6),
+    st.binary(max_size=300),
+)
+def test_single_message_fast_path_agrees_with_the_general_parser(
+    headers: list[tuple[str, str]], body: bytes
+) -> None:
+    f = Frame("MESSAGE", [*headers, ("content-length", str(len(body)))], body)
+    data = serialize(f)
+    fast = Parser().feed(data)  # one whole MESSAGE: the fast path (when the shape allows)
+    general = Parser().feed(b"\n" + data)  # a leading heart-beat EOL forces the general loop
+    assert fast == general == [f]
+    assert fast[0].get("content-length") == str(len(body))
