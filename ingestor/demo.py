@@ -16,6 +16,7 @@ import click
 import redis
 
 from ingestor.keys import Keys
+from ingestor.redisconn import async_client
 from ingestor.service import Ingestor
 from ingestor.settings import ConfigError, Settings, load_settings
 from ingestor.simulator import Simulator
@@ -69,6 +70,8 @@ async def run_demo(seconds: float = 0.0) -> None:
             "websocket_url": sim.ws_url,
             "guest_key_url": sim.guest_key_url,
             "instance_name": "demo",
+            # its own prefix: the demo never touches a real deployment's desired set or streams
+            "key_prefix": f"{base.key_prefix}-demo",
         }
     )
     keys = Keys(s.key_prefix)
@@ -98,7 +101,9 @@ async def run_demo(seconds: float = 0.0) -> None:
         f"  {cli} SMEMBERS {keys.subs}\n"
         f"  {cli} XREVRANGE {keys.ticks('kr')} + - COUNT 5\n"
         f"  {cli} HGETALL {keys.health_ingestor('demo')}\n"
-        "  toss-ctl status      (with TOSS_REDIS_URL set to the Redis above)\n"
+        f"  TOSS_KEY_PREFIX={s.key_prefix} toss-ctl status"
+        + (f"   (and TOSS_REDIS_URL={redis_url})" if cli != "redis-cli" else "")
+        + "\n"
         "Ctrl-C stops everything.\n"
     )
     with contextlib.suppress(TimeoutError):
@@ -106,6 +111,10 @@ async def run_demo(seconds: float = 0.0) -> None:
     worker.stop()
     ing.stop()
     await asyncio.gather(ingest, consume, return_exceptions=True)
-    await ing.redis.aclose()
+    cleanup = async_client(s)
+    for market in ("kr", "us", "crypto"):  # no orphan group for `toss-ctl health` to flag
+        with contextlib.suppress(redis.RedisError):
+            await cleanup.xgroup_destroy(keys.ticks(market), "demo")
+    await cleanup.aclose()
     await sim.stop()
     click.echo(f"demo: stopped ({ing.publisher.written} ticks written, {worker.processed} handled)")
