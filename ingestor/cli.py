@@ -80,7 +80,10 @@ def run(
     setup_logging(s.log_level)
 
     async def go() -> int:
-        ing = Ingestor(s)
+        try:
+            ing = Ingestor(s)
+        except IngestError as exc:
+            fail(str(exc), EXIT_USAGE)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, ing.stop)

@@ -17,6 +17,13 @@ from typing import Any
 
 import orjson
 
+from ingestor.errors import IngestError
+
+
+class SpoolError(IngestError):
+    """The spool directory cannot be used (one line, for the user)."""
+
+
 FIRST_SEGMENT = 1_000_000  # room below for segments written in front of older ones at shutdown
 
 
@@ -42,7 +49,13 @@ class Spool:
         self.max_bytes = max_bytes
         self.torn = 0
         self.lock = threading.Lock()  # appends and reads come from worker threads
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(
+                f"cannot use spool directory {self.dir}: {exc.strerror or exc} "
+                "(set TOSS_SPOOL_DIR, or TOSS_SPOOL_MAX_MB=0 for no spool)"
+            ) from None
 
     def segments(self) -> list[Path]:
         return sorted(self.dir.glob("*.spool"))

@@ -71,6 +71,13 @@ CASES = [
     ("ingest", ["check"], {"TOSS_REDIS_URL": UNREACHABLE}, 1, "Redis unreachable"),
     ("ingest", ["run", "--env-file", "BAD"], {}, 2, "TOSS_MAX_RECONNECT_ATTEMPTS"),
     ("ingest", ["run", "--env-file", "/nope.env"], {}, 2, "env file not found"),
+    (
+        "ingest",
+        ["run"],
+        {"TOSS_SPOOL_DIR": "/proc/nope", "TOSS_SPOOL_MAX_MB": "16"},
+        2,
+        "cannot use spool directory /proc/nope",
+    ),
 ]
 
 
