@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import psutil
@@ -466,5 +465,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    _ = Any
     sys.exit(main())

@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from ingestor.keys import Keys
     from ingestor.settings import Settings
 
-EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
+from ingestor.cliutil import EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE
+
+PROG = "toss-ctl"
 
 
 class Ctx:
@@ -31,13 +33,9 @@ class Ctx:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
-            from ingestor.settings import ConfigError, load_settings
+            from ingestor.cliutil import settings_or_exit
 
-            try:
-                self._settings = load_settings(self.env_file)
-            except ConfigError as exc:
-                die(str(exc), EXIT_USAGE)
-        assert self._settings is not None
+            self._settings = settings_or_exit(PROG, self.env_file)
         return self._settings
 
     @property
@@ -61,9 +59,10 @@ class Ctx:
             die(describe(exc, s), EXIT_UNHEALTHY)
 
 
-def die(message: str, code: int) -> None:
-    click.echo(f"toss-ctl: {message}", err=True)
-    sys.exit(code)
+def die(message: str, code: int) -> NoReturn:
+    from ingestor.cliutil import fail
+
+    fail(PROG, message, code)
 
 
 def emit_json(data: Any) -> None:
@@ -90,7 +89,6 @@ def _subs_or_die(codes: str, market: str, channel: str | None) -> list[Any]:
         return parse_codes(codes, market, channel)
     except InvalidSymbol as exc:
         die(str(exc), EXIT_USAGE)
-        raise AssertionError from None
 
 
 def do_change(c: Ctx, codes: str, market: str, channel: str | None, add: bool) -> None:

@@ -15,10 +15,7 @@ from ingestor.control import change_results, state_rows
 from ingestor.health import Verdict, assess
 from ingestor.keys import MARKETS, Keys
 from ingestor.subs import Sub
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+from ingestor.ticks import as_str
 
 
 def change(r: redis.Redis, keys: Keys, subs: list[Sub], add: bool) -> list[tuple[str, str]]:
@@ -45,8 +42,8 @@ class Beat:
 
 def heartbeats(r: redis.Redis, keys: Keys, interval_s: float) -> list[Beat]:
     out = []
-    for key in sorted(_s(k) for k in r.scan_iter(match=keys.health_pattern, count=500)):
-        fields = {_s(k): _s(v) for k, v in r.hgetall(key).items()}
+    for key in sorted(as_str(k) for k in r.scan_iter(match=keys.health_pattern, count=500)):
+        fields = {as_str(k): as_str(v) for k, v in r.hgetall(key).items()}
         if fields:
             out.append(Beat(key, fields, assess(fields, interval_s)))
     return out
@@ -100,11 +97,11 @@ def groups(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
             out.append(
                 {
                     "stream": key,
-                    "group": _s(g["name"]),
+                    "group": as_str(g["name"]),
                     "consumers": int(g["consumers"]),
                     "pending": int(g["pending"]),
                     "lag": g.get("lag"),
-                    "last_delivered": _s(g.get("last-delivered-id", "")),
+                    "last_delivered": as_str(g.get("last-delivered-id", "")),
                 }
             )
     return out
@@ -118,9 +115,9 @@ def streams(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
             if not r.exists(key):
                 continue
             info = r.xinfo_stream(key)
-            last = _s(info.get("last-generated-id", "0-0"))
+            last = as_str(info.get("last-generated-id", "0-0"))
             newest = r.xrevrange(key, count=1)
-            age = (now - int(_s(newest[0][0]).split("-")[0])) / 1000 if newest else None
+            age = (now - int(as_str(newest[0][0]).split("-")[0])) / 1000 if newest else None
             out.append(
                 {
                     "stream": key,
@@ -194,7 +191,7 @@ def tail(
         if not chunk:
             break
         for eid, fields in chunk:
-            eid_s = _s(eid)
+            eid_s = as_str(eid)
             if eid_s == last:
                 continue
             if (
@@ -205,7 +202,7 @@ def tail(
                 out.append((eid_s, fields))
                 if len(out) >= n:
                     break
-        last = _s(chunk[-1][0])
+        last = as_str(chunk[-1][0])
         if len(chunk) < max(n * 4, 100):
             break
     return list(reversed(out))

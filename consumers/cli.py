@@ -5,26 +5,20 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from ingestor.cli import EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE, env_file_option, setup_logging
+from ingestor import cliutil
+from ingestor.cli import setup_logging
+from ingestor.cliutil import EXIT_UNHEALTHY, EXIT_USAGE, env_file_option
 from ingestor.keys import MARKETS
-from ingestor.settings import ConfigError, Settings, load_settings
+
+PROG = "toss-consume"
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"toss-consume: {message}", err=True)
-    sys.exit(code)
-
-
-def _settings(env_file: str | None) -> Settings:
-    try:
-        return load_settings(env_file)
-    except ConfigError as exc:
-        _fail(str(exc), EXIT_USAGE)
-        raise AssertionError from None
+def _fail(message: str, code: int) -> NoReturn:
+    cliutil.fail(PROG, message, code)
 
 
 def _stop_all(workers: list[Any]) -> None:
@@ -73,7 +67,7 @@ def run(
     from consumers.worker import Worker, WorkerOptions
     from ingestor.redisconn import describe
 
-    s = _settings(env_file)
+    s = cliutil.settings_or_exit(PROG, env_file)
     ms = tuple(m.strip().lower() for m in markets.split(",") if m.strip())
     bad = [m for m in ms if m not in MARKETS]
     if bad or not ms:
@@ -122,21 +116,12 @@ def run(
 @click.option("--group", required=True)
 @click.option("--name", required=True)
 def check(env_file: str | None, group: str, name: str) -> None:
-    """Exit 0 when this consumer's heartbeat is fresh and it is running, else 1."""
-    from ingestor.health import assess
+    """Exit 0 when this consumer's heartbeat is fresh and not critical, else 1."""
     from ingestor.keys import Keys
-    from ingestor.redisconn import describe, sync_client
 
-    s = _settings(env_file)
-    try:
-        with sync_client(s) as r:
-            raw = r.hgetall(Keys(s.key_prefix).health_consumer(group, name))
-    except Exception as exc:
-        _fail(describe(exc, s), EXIT_UNHEALTHY)
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
-    verdict = assess(fields, s.health_interval_s)
-    click.echo(f"{group}/{name}: {'ok' if verdict.ok else 'unhealthy'} ({verdict.reason})")
-    sys.exit(EXIT_OK if verdict.ok else EXIT_UNHEALTHY)
+    s = cliutil.settings_or_exit(PROG, env_file)
+    key = Keys(s.key_prefix).health_consumer(group, name)
+    cliutil.check_heartbeat(PROG, s, key, f"{group}/{name}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,7 @@ from typing import Any
 
 import orjson
 
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+from ingestor.ticks import as_str
 
 
 class Tick:
@@ -25,7 +23,7 @@ class Tick:
 
     @property
     def stream_id(self) -> str:
-        return _s(self._id)
+        return as_str(self._id)
 
     @property
     def id_bytes(self) -> bytes:
@@ -33,15 +31,15 @@ class Tick:
 
     @property
     def channel(self) -> str:
-        return _s(self.fields.get(b"channel", b""))
+        return as_str(self.fields.get(b"channel", b""))
 
     @property
     def code(self) -> str:
-        return _s(self.fields.get(b"code", b""))
+        return as_str(self.fields.get(b"code", b""))
 
     @property
     def dt(self) -> str:
-        return _s(self.fields.get(b"dt", b""))
+        return as_str(self.fields.get(b"dt", b""))
 
     @property
     def recv_ms(self) -> int:

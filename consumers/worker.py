@@ -38,6 +38,7 @@ from ingestor.levels import consumer_level
 from ingestor.redisconn import async_client
 from ingestor.resp import RespConnection, pack_command
 from ingestor.settings import Settings
+from ingestor.ticks import as_str
 
 log = logging.getLogger("toss.consumer")
 
@@ -57,10 +58,6 @@ class WorkerOptions:
 
 def _raw_reply(response: Any, **options: Any) -> Any:
     return response
-
-
-def _id(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 class Worker:
@@ -196,7 +193,7 @@ class Worker:
         n = 0
         # RESP3 gives a map of stream -> entries, RESP2 a list of [stream, entries]
         for key, entries in resp.items() if isinstance(resp, dict) else resp or []:
-            key = _id(key)
+            key = as_str(key)
             market = self.streams[key]
             # raw reply: [[id, [field, value, ...]], ...]; a trimmed entry has no fields
             ticks = [
@@ -295,8 +292,8 @@ class Worker:
             claim: list[Any] = []
             dead: list[tuple[str, int]] = []
             for row in rows:
-                eid = _id(row["message_id"])
-                owner = _id(row["consumer"])
+                eid = as_str(row["message_id"])
+                owner = as_str(row["consumer"])
                 idle = int(row["time_since_delivered"])
                 if owner != self.opt.name and idle < self.settings.claim_idle_ms:
                     continue
@@ -312,7 +309,7 @@ class Worker:
             entries: Any = await self.redis.xclaim(
                 key, self.opt.group, self.opt.name, min_idle_time=0, message_ids=ids
             )
-            got = {_id(i): f for i, f in entries if f is not None}
+            got = {as_str(i): f for i, f in entries if f is not None}
             missing = [i for i in ids if i not in got]
             if missing:  # trimmed from the stream: nothing left to process
                 await self.redis.xack(key, self.opt.group, *missing)
@@ -328,7 +325,7 @@ class Worker:
         entries: Any = await self.redis.xclaim(
             key, self.opt.group, self.opt.name, min_idle_time=0, message_ids=ids
         )
-        got = {_id(i): f for i, f in entries if f is not None}
+        got = {as_str(i): f for i, f in entries if f is not None}
         pipe = self.redis.pipeline(transaction=False)
         for eid, times in dead:
             fields = dict(got.get(eid) or {b"missing": b"1"})
@@ -356,7 +353,7 @@ class Worker:
         limit = max(self.settings.claim_idle_ms * 2, 60_000)
         for key in self.streams:
             for c in await self.redis.xinfo_consumers(key, self.opt.group):
-                name = _id(c["name"])
+                name = as_str(c["name"])
                 if name != self.opt.name and int(c["pending"]) == 0 and int(c["idle"]) > limit:
                     await self.redis.xgroup_delconsumer(key, self.opt.group, name)
 
@@ -375,7 +372,7 @@ class Worker:
         for key in self.streams:
             with contextlib.suppress(ResponseError):
                 for g in await self.redis.xinfo_groups(key):
-                    if _id(g["name"]) == self.opt.group:
+                    if as_str(g["name"]) == self.opt.group:
                         pending += int(g.get("pending") or 0)
                         lag += int(g.get("lag") or 0)
                 if pending:

@@ -7,13 +7,14 @@ import contextlib
 import logging
 import signal
 import sys
-from typing import Any
+from typing import NoReturn
 
 import click
 
-from ingestor.settings import ConfigError, Settings, load_settings
+from ingestor import cliutil
+from ingestor.cliutil import EXIT_UNHEALTHY, EXIT_USAGE, env_file_option
 
-EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
+PROG = "toss-ingest"
 
 
 def setup_logging(level: str) -> None:
@@ -26,22 +27,8 @@ def setup_logging(level: str) -> None:
     logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
-def fail(message: str, code: int) -> None:
-    click.echo(f"toss-ingest: {message}", err=True)
-    sys.exit(code)
-
-
-def settings_or_exit(env_file: str | None, **overrides: Any) -> Settings:
-    try:
-        return load_settings(env_file, **{k: v for k, v in overrides.items() if v is not None})
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
-        raise AssertionError("unreachable") from None
-
-
-env_file_option = click.option(
-    "--env-file", type=click.Path(dir_okay=False), default=None, help="read settings from this file"
-)
+def fail(message: str, code: int) -> NoReturn:
+    cliutil.fail(PROG, message, code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,7 +55,7 @@ def run(
     from ingestor.service import Ingestor
     from ingestor.sources.toss_web import normalise
 
-    s = settings_or_exit(env_file, instance_name=name)
+    s = cliutil.settings_or_exit(PROG, env_file, instance_name=name)
     subs = []
     if symbols:
         if not market:
@@ -145,21 +132,12 @@ def simulate(
 @env_file_option
 @click.option("--name", default=None, help="instance name; default: host name")
 def check(env_file: str | None, name: str | None) -> None:
-    """Exit 0 when this ingestor's heartbeat is fresh and it is connected, else 1."""
-    from ingestor.health import assess
+    """Exit 0 when this ingestor's heartbeat is fresh and not critical, else 1."""
     from ingestor.keys import Keys
-    from ingestor.redisconn import describe, sync_client
 
-    s = settings_or_exit(env_file, instance_name=name)
-    try:
-        with sync_client(s) as r:
-            raw = r.hgetall(Keys(s.key_prefix).health_ingestor(s.instance_name))
-    except Exception as exc:
-        fail(describe(exc, s), EXIT_UNHEALTHY)
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
-    verdict = assess(fields, s.health_interval_s)
-    click.echo(f"{s.instance_name}: {'ok' if verdict.ok else 'unhealthy'} ({verdict.reason})")
-    sys.exit(EXIT_OK if verdict.ok else EXIT_UNHEALTHY)
+    s = cliutil.settings_or_exit(PROG, env_file, instance_name=name)
+    key = Keys(s.key_prefix).health_ingestor(s.instance_name)
+    cliutil.check_heartbeat(PROG, s, key, s.instance_name)
 
 
 @main.command()

@@ -54,11 +54,11 @@ async def run_demo(seconds: float = 0.0) -> None:
         base = load_settings()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if _redis_answers(base):
+    if await asyncio.to_thread(_redis_answers, base):  # a sync ping: not on the loop
         click.echo(f"demo: using the real Redis at {base.redis_url_masked}")
         redis_url = base.redis_url.get_secret_value()
     else:
-        redis_url = _embedded_redis()
+        redis_url = await asyncio.to_thread(_embedded_redis)
         click.echo(
             f"demo: no Redis at {base.redis_url_masked}; started an embedded one at {redis_url}"
         )

@@ -78,8 +78,8 @@ class FrameHandler(Protocol):
 
     def on_receipt(self, receipt_id: str) -> None: ...
 
-    def on_error(self, frame: stomp.Frame) -> bool:
-        """True when the ERROR was attributed (e.g. to a subscription)."""
+    def on_error(self, frame: stomp.Frame) -> None:
+        """An ERROR frame (the server closes after it; the connection ends either way)."""
         ...
 
     def on_invalid(self, reason: str, detail: str, sample: bytes) -> None: ...
@@ -270,10 +270,10 @@ class FeedConnection:
                 handler.on_receipt(rid)
             elif item.command == "ERROR":
                 msg = item.get("message") or item.body.decode("utf-8", "replace")[:200]
-                if not handler.on_error(item):
-                    self._failure = FeedError(f"server ERROR: {msg}")
-                    self._ended.set()
-                    return
+                handler.on_error(item)
+                self._failure = FeedError(f"server ERROR: {msg}")
+                self._ended.set()
+                return
             else:
                 handler.on_invalid("unexpected_command", item.command, raw[:200])
         if handler.congested and not self._paused:

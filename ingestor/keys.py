@@ -68,12 +68,3 @@ class Keys:
     @property
     def health_pattern(self) -> str:
         return f"{self.prefix}:health:*"
-
-    def market_of_stream(self, key: str) -> str:
-        """``toss:ticks:kr`` -> ``kr``."""
-        return key.rsplit(":", 1)[-1]
-
-    @property
-    def all_patterns(self) -> tuple[str, ...]:
-        """Patterns that cover every key of this prefix (used by tests to clean up)."""
-        return (f"{self.prefix}:*",)

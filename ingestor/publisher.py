@@ -75,8 +75,9 @@ class Publisher:
         self._queue: deque[Entry] = deque()
         self._spool_buf: list[bytes] = []
         self._spool_buf_bytes = 0
-        self._spool_bytes = spool.size() if spool else 0
-        self.spooling = bool(spool and spool.segments())
+        self._spool_bytes = 0
+        self.spooling = False
+        self._opened = False
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
@@ -207,6 +208,16 @@ class Publisher:
 
     # --- writer side -----------------------------------------------------------------------------
 
+    async def open(self) -> None:
+        """Look at the spool a previous run left (disk I/O, off the loop): if there is one, it is
+        replayed before anything new. ``run()`` does this itself when nobody did it before."""
+        if self._opened:
+            return
+        self._opened = True
+        if self.spool is not None:
+            self._spool_bytes = await asyncio.to_thread(self.spool.size)
+            self.spooling = self.spooling or bool(await asyncio.to_thread(self.spool.segments))
+
     def stop(self) -> None:
         """The writer ends after the batch in flight (call ``flush`` first to drain)."""
         self._stopping = True
@@ -214,6 +225,7 @@ class Publisher:
         self._wake.set()
 
     async def run(self) -> None:
+        await self.open()
         backoff = Backoff(0.05, 2.0)
         queue = self._queue
         while not self._stopping:

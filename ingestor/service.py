@@ -169,6 +169,7 @@ class Ingestor:
             s.key_prefix,
         )
         await self.redis.ping()
+        await self.publisher.open()
         if self.settings.spool_max_mb:
             # a previous run stopped while subscribed: its window closes when we are subscribed
             self._gap = await self._open_gap_file.load()
@@ -307,7 +308,9 @@ class Ingestor:
                 self._set_state(route.sub.member, ACTIVE)
                 return
 
-    def on_error(self, frame: stomp.Frame) -> bool:
+    def on_error(self, frame: stomp.Frame) -> None:
+        """An ERROR that names one of our SUBSCRIBE receipts fails that member (retried later);
+        the server closes after any ERROR, and every other subscription is restored."""
         rid = frame.get("receipt-id")
         msg = frame.get("message") or frame.body.decode("utf-8", "replace")[:200]
         for sub_id, route in list(self.routes.items()):
@@ -322,8 +325,7 @@ class Ingestor:
                 self._set_state(member, FAILED, msg)
                 del self.routes[sub_id]
                 self.member_ids.pop(member, None)
-                return False  # the server closes after ERROR: reconnect, without this one
-        return False
+                return
 
     def on_invalid(self, reason: str, detail: str, sample: bytes) -> None:
         self.invalid_total += 1

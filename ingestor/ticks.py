@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 
 
-def _s(v: Any) -> str:
+def as_str(v: Any) -> str:
+    """A Redis reply value as text (bytes decoded, anything else ``str()``)."""
     return v.decode("utf-8", "replace") if isinstance(v, bytes | bytearray) else str(v)
 
 
@@ -26,15 +27,15 @@ def ms_to_clock(ms: int | str) -> str:
 
 def format_entry(market: str, entry_id: Any, fields: Mapping[Any, Any]) -> str:
     """``12:00:01.250 kr trade A005930  70100 x 12 BUY`` or a visible gap line."""
-    f = {_s(k): v for k, v in fields.items()}
-    channel = _s(f.get("channel", "?"))
+    f = {as_str(k): v for k, v in fields.items()}
+    channel = as_str(f.get("channel", "?"))
     if channel == "gap":
         return (
-            f"---- GAP {market}: {ms_to_clock(_s(f.get('from_ms', 0)))} -> "
-            f"{ms_to_clock(_s(f.get('to_ms', 0)))} ({_s(f.get('reason', ''))}) ----"
+            f"---- GAP {market}: {ms_to_clock(as_str(f.get('from_ms', 0)))} -> "
+            f"{ms_to_clock(as_str(f.get('to_ms', 0)))} ({as_str(f.get('reason', ''))}) ----"
         )
-    when = ms_to_clock(_s(f.get("recv_ms", 0)))
-    code = _s(f.get("code", "?"))
+    when = ms_to_clock(as_str(f.get("recv_ms", 0)))
+    code = as_str(f.get("code", "?"))
     try:
         p = orjson.loads(f.get("payload", b"{}"))
     except orjson.JSONDecodeError:
@@ -46,7 +47,7 @@ def format_entry(market: str, entry_id: Any, fields: Mapping[Any, Any]) -> str:
     if "volume" in p:
         parts.append(f"x {_num(p.get('volume'))}")
     if "tradeType" in p:
-        parts.append(_s(p["tradeType"]))
+        parts.append(as_str(p["tradeType"]))
     elif "changeType" in p:
-        parts.append(_s(p["changeType"]))
+        parts.append(as_str(p["changeType"]))
     return " ".join(parts)

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -375,4 +374,3 @@ def test_jsonl_archive_is_replayable(
     lines = [orjson.loads(x) for x in files[0].read_bytes().splitlines()]
     assert [x["id"] for x in lines] == [t.stream_id for t in ticks]
     assert [orjson.dumps(x["payload"]) for x in lines] == [t.raw for t in ticks]
-    _: Any = None

@@ -16,7 +16,7 @@ from ingestor.acl import ROLES, rules
 from ingestor.keys import Keys
 from ingestor.settings import Settings
 from ingestor.simulator import Simulator
-from tests.conftest import PrivateRedis, eventually, sim_settings, until
+from tests.conftest import PrivateRedis, sim_settings, until
 from tests.test_ingestor import running
 
 PASSWORDS = {role: f"pw-{role}-s3cr3t" for role in ROLES}
@@ -111,4 +111,3 @@ async def test_a_user_without_the_rights_gets_one_clear_line(
     assert "lacks a permission" in out.output and "pw-reader" not in out.output
     assert len(out.output.strip().splitlines()) == 1
     await admin.aclose()
-    _ = eventually

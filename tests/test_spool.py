@@ -84,6 +84,7 @@ async def test_shutdown_while_redis_is_down_keeps_everything_for_the_next_start(
     assert await pub.persist_rest() == 0
     private_redis.start()
     pub2 = Publisher(r, max_queue=30, batch_max=10, spool=Spool(spool_dir, 1 << 20))
+    await pub2.open()
     assert pub2.spooling  # a spool on disk is replayed before anything new
     pub2.put_nowait("t:ticks:us", {"n": 100}, 0)
     writer2 = asyncio.create_task(pub2.run())

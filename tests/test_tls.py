@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import redis.asyncio as aredis
 from click.testing import CliRunner
 from pydantic import SecretStr
 
@@ -182,4 +181,3 @@ def test_plain_redis_url_has_the_ca_ignored(settings: Settings) -> None:
     s = settings.model_copy(update={"redis_ssl_ca_certs": "/nonexistent.crt"})
     client = async_client(s)  # a CA for a redis:// URL is simply not used
     assert "ssl_ca_certs" not in client.connection_pool.connection_kwargs
-    _ = aredis
