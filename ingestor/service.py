@@ -203,7 +203,9 @@ class Ingestor:
         backoff = Backoff(s.reconnect_initial_s, s.reconnect_max_s)
         failures = 0
         while not self._stop.is_set():
-            self.status, self.status_reason = "connecting", ""
+            # status_reason keeps the last failure while we retry: the health key then says why
+            # the ingestor is still connecting; it is cleared once connected.
+            self.status = "connecting"
             conn = FeedConnection(self.source, s, self)
             started = time.monotonic()
             try:
