@@ -317,3 +317,29 @@ async def test_stop_with_a_full_queue_flushes_everything(
     got = real_ticks(await ticks(r, keys.ticks("kr")))
     assert backlog > 3
     assert len(got) == ing.ticks_total == sim.stats.total_sent
+
+
+async def test_uncompressed_feed_goes_through_the_fast_path_byte_exact(
+    settings: Settings, r: aredis.Redis
+) -> None:
+    """Without permessage-deflate every feed message is cut out of the socket bytes by the fast
+    path (tests/test_wsframes.py); the entries are the same as through websockets' parser."""
+    from ingestor.feed import _SinkConnection
+    from ingestor.simfeed import TickGen
+    from ingestor.simulator import Scenario
+    from ingestor.subs import Sub
+
+    plain = Simulator(rate=500.0, scenario=Scenario(), heartbeat_ms=500, compression=None)
+    async with plain as sim:
+        s = sim_settings(settings, sim)
+        keys = Keys(s.key_prefix)
+        await r.sadd(keys.subs, "kr:trade:A005930")
+        async with running(s) as ing:
+            await eventually(lambda: r.xlen(keys.ticks("kr")), what="a KR tick")
+            assert ing.conn is not None and isinstance(ing.conn.ws, _SinkConnection)
+            assert ing.conn.ws.fast_messages > 0
+    entries = real_ticks(await ticks(r, keys.ticks("kr")))
+    gen = TickGen(Sub("kr", "trade", "A005930"))
+    for entry in entries[:50]:
+        expected = gen.next()
+        assert entry["payload"] == orjson.dumps({**expected, "dt": entry["dt"].decode()})
