@@ -45,14 +45,22 @@ STALL_S = 1.0  # a pipeline in flight longer than this counts as Redis being too
 
 
 class Entry:
-    __slots__ = ("fields", "id", "key", "maxlen", "tried")
+    __slots__ = ("fields", "id", "key", "maxlen", "pairs", "tried")
 
-    def __init__(self, key: str, fields: Fields, maxlen: int, entry_id: str | None = None):
+    def __init__(
+        self,
+        key: str,
+        fields: Fields,
+        maxlen: int,
+        entry_id: str | None = None,
+        pairs: bytes | None = None,
+    ):
         self.key = key
         self.fields = fields
         self.maxlen = maxlen
         self.id = entry_id
         self.tried = entry_id is not None
+        self.pairs = pairs  # pack_pairs(fields), when the producer had it at hand
 
 
 class Publisher:
@@ -125,8 +133,11 @@ class Publisher:
     def idle(self) -> bool:
         return not self._queue and not self.spooling
 
-    def put_nowait(self, key: str, fields: Fields, maxlen: int = 0) -> None:
-        """Queue one entry. Never refuses and never blocks: see ``full`` / ``wait_for_room``."""
+    def put_nowait(
+        self, key: str, fields: Fields, maxlen: int = 0, pairs: bytes | None = None
+    ) -> None:
+        """Queue one entry. Never refuses and never blocks: see ``full`` / ``wait_for_room``.
+        ``pairs``: the fields already encoded with ``resp.pack_pairs`` (optional, saves work)."""
         if self.spooling or (
             self.spool is not None and len(self._queue) >= self.max_queue and self.stalled
         ):
@@ -134,7 +145,7 @@ class Publisher:
         else:
             if self._drops:
                 self._emit_drop_gaps()
-            self._queue.append(Entry(key, fields, maxlen))
+            self._queue.append(Entry(key, fields, maxlen, None, pairs))
         self._idle.clear()
         self._wake.set()
 
@@ -316,7 +327,7 @@ class Publisher:
 
     async def _xadd_all(self, todo: list[Entry]) -> list[Any]:
         if self._resp is not None:
-            packed = [pack_xadd(e.key, e.id or "*", e.maxlen, e.fields) for e in todo]
+            packed = [pack_xadd(e.key, e.id or "*", e.maxlen, e.fields, e.pairs) for e in todo]
             return await self._resp.execute(packed, len(todo))
         pipe = self.redis.pipeline(transaction=False)
         for e in todo:

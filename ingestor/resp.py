@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import hiredis
@@ -53,19 +53,10 @@ def pack_command(*args: Any) -> bytes:
     return b"".join(parts)
 
 
-def pack_xadd(key: str, entry_id: str, maxlen: int, fields: dict[Any, Any]) -> bytes:
-    """``XADD key [MAXLEN ~ n] id field value ...`` as RESP. Field names, stream keys and short
-    repeated values (codes, channels) come from a cache: this runs once per tick."""
-    head = _HEADS.get((key, maxlen, len(fields)))
-    if head is None:
-        n = 3 + 2 * len(fields) + (3 if maxlen else 0)
-        head = b"*%d\r\n$4\r\nXADD\r\n" % n + _bulk(key.encode())
-        if maxlen:
-            m = b"%d" % maxlen
-            head += b"$6\r\nMAXLEN\r\n$1\r\n~\r\n$%d\r\n%s\r\n" % (len(m), m)
-        _HEADS[(key, maxlen, len(fields))] = head
-    eid = entry_id.encode()
-    parts = [head, b"$%d\r\n%s\r\n" % (len(eid), eid)]
+def pack_pairs(fields: Mapping[Any, Any]) -> bytes:
+    """The field/value pairs of an XADD as RESP bulk strings. Field names, stream keys and short
+    repeated values (codes, channels) come from a cache."""
+    parts: list[bytes] = []
     append = parts.append
     cache = _ENCODED
     for k, v in fields.items():
@@ -85,6 +76,28 @@ def pack_xadd(key: str, entry_id: str, maxlen: int, fields: dict[Any, Any]) -> b
         else:
             append(_bulk(_b(v)))
     return b"".join(parts)
+
+
+def pack_xadd(
+    key: str, entry_id: str, maxlen: int, fields: Mapping[Any, Any], pairs: bytes | None = None
+) -> bytes:
+    """``XADD key [MAXLEN ~ n] id field value ...`` as RESP; ``pairs`` is ``pack_pairs(fields)``
+    when the caller already has it (the ingest hot path builds it from a per-route template)."""
+    head = _HEADS.get((key, maxlen, len(fields)))
+    if head is None:
+        n = 3 + 2 * len(fields) + (3 if maxlen else 0)
+        head = b"*%d\r\n$4\r\nXADD\r\n" % n + _bulk(key.encode())
+        if maxlen:
+            m = b"%d" % maxlen
+            head += b"$6\r\nMAXLEN\r\n$1\r\n~\r\n$%d\r\n%s\r\n" % (len(m), m)
+        _HEADS[(key, maxlen, len(fields))] = head
+    eid = entry_id.encode()
+    return b"%s$%d\r\n%s\r\n%s" % (
+        head,
+        len(eid),
+        eid,
+        pack_pairs(fields) if pairs is None else pairs,
+    )
 
 
 _HEADS: dict[tuple[str, int, int], bytes] = {}

@@ -15,7 +15,7 @@ import gc
 import logging
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -34,6 +34,7 @@ from ingestor.keys import Keys
 from ingestor.levels import ingestor_level
 from ingestor.publisher import Publisher
 from ingestor.redisconn import async_client
+from ingestor.resp import pack_pairs
 from ingestor.settings import Settings
 from ingestor.sources.toss_web import TossWebSource
 from ingestor.spool import Spool
@@ -56,11 +57,38 @@ class Failure:
 
 @dataclass(slots=True)
 class Route:
-    """Where the ticks of one subscription id go."""
+    """Where the ticks of one subscription id go, and how they are written there."""
 
     sub: Sub
     stream: str
     receipt: str
+    member: str = field(init=False)
+    active: bool = False  # a tick or the receipt has arrived
+    _pairs_head: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.member = self.sub.member
+        self._pairs_head = pack_pairs({"channel": self.sub.channel, "code": self.sub.code})
+
+    def tick(self, dt: str, recv_ms: int, body: bytes) -> tuple[dict[str, Any], bytes]:
+        """A tick entry's fields, and the same fields as RESP (``pack_pairs``) built from the
+        route's constant part with one format: the ingest hot path's XADD encoding."""
+        fields = {
+            "channel": self.sub.channel,
+            "code": self.sub.code,
+            "dt": dt,
+            "recv_ms": recv_ms,
+            "payload": body,
+        }
+        d = dt.encode()
+        ms = b"%d" % recv_ms
+        pairs = _TICK_PAIRS % (self._pairs_head, len(d), d, len(ms), ms, len(body), body)
+        return fields, pairs
+
+
+_TICK_PAIRS = (  # channel and code (from the route), then dt, recv_ms, payload
+    b"%s$2\r\ndt\r\n$%d\r\n%s\r\n$7\r\nrecv_ms\r\n$%d\r\n%s\r\n$7\r\npayload\r\n$%d\r\n%s\r\n"
+)
 
 
 @dataclass(slots=True)
@@ -82,6 +110,7 @@ class Ingestor:
     ) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
+        self._maxlen = settings.stream_maxlen  # read once per tick
         self.redis = redis or async_client(settings)
         self.source = source or TossWebSource(settings)
         spool = (
@@ -287,22 +316,17 @@ class Ingestor:
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
-            self.on_invalid("not_json", f"{route.sub.member}: body is not JSON", body[:200])
+            self.on_invalid("not_json", f"{route.member}: body is not JSON", body[:200])
             return
-        sub = route.sub
-        fields = {
-            "channel": sub.channel,
-            "code": sub.code,
-            "dt": self.source.event_time(payload),
-            "recv_ms": recv_ms,
-            "payload": body,
-        }
-        self.publisher.put_nowait(route.stream, fields, self.settings.stream_maxlen)
+        fields, pairs = route.tick(self.source.event_time(payload), recv_ms, body)
+        self.publisher.put_nowait(route.stream, fields, self._maxlen, pairs)
         self.ticks_total += 1
         self.last_tick_ms = recv_ms
-        st = self.states.get(sub.member)
-        if st is not None and st.state == PENDING:
-            self._set_state(sub.member, ACTIVE)
+        if not route.active:
+            route.active = True
+            st = self.states.get(route.member)
+            if st is not None and st.state == PENDING:
+                self._set_state(route.member, ACTIVE)
 
     def on_receipt(self, receipt_id: str) -> None:
         for route in self.routes.values():

@@ -7,7 +7,9 @@ import pytest
 import redis.asyncio as aredis
 
 from ingestor.publisher import Publisher
-from ingestor.resp import RespConnection, pack_command, pack_xadd
+from ingestor.resp import RespConnection, pack_command, pack_pairs, pack_xadd
+from ingestor.service import Route
+from ingestor.subs import Sub
 
 
 def test_pack_xadd_is_resp() -> None:
@@ -17,6 +19,23 @@ def test_pack_xadd_is_resp() -> None:
         b"$1\r\na\r\n$4\r\nx\r\ny\r\n$1\r\nn\r\n$1\r\n5\r\n"
     )
     assert pack_command("PING") == b"*1\r\n$4\r\nPING\r\n"
+
+
+@pytest.mark.parametrize(
+    ("dt", "body"),
+    [
+        ("2026-11-26T09:00:00.000+09:00", b'{"close":70000}'),
+        ("", b"{}"),
+        ("09:00 \uc7a5\uc911", '{"name":"\uc0bc\uc131\uc804\uc790","x":"\r\n"}'.encode() * 300),
+    ],
+)
+def test_route_template_equals_the_general_encoding(dt: str, body: bytes) -> None:
+    """The hot path's per-route template and the general encoder write the same entry."""
+    route = Route(Sub("kr", "trade", "A005930"), "toss:ticks:kr", "sub-1")
+    fields, pairs = route.tick(dt, 1764115200123, body)
+    assert pairs == pack_pairs(fields)
+    assert list(fields) == ["channel", "code", "dt", "recv_ms", "payload"]
+    assert pack_xadd("s", "1-0", 0, fields, pairs) == pack_xadd("s", "1-0", 0, fields)
 
 
 @pytest.mark.parametrize("fast", [True, False])
