@@ -20,6 +20,7 @@ one malformed frame costs that frame only.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -300,17 +301,16 @@ class Parser:
         """The shape of nearly every feed message: exactly one MESSAGE with a plain header block
         and a content-length body, alone in its WebSocket message. Anything else (or any doubt)
         returns None and takes the general path, which gives the same frame or the precise error."""
+        limits = self.limits
         end = data.find(b"\n\n")
-        if end < 0 or len(data) > self.limits.max_frame_bytes:
+        if end < 0 or end > limits.max_header_line or len(data) > limits.max_frame_bytes:
             return None
         raw = data[:end]
-        if not raw.isascii() or b"\\" in raw or b"\r" in raw or b"\x00" in raw:
-            return None
-        if end > self.limits.max_header_line:
+        if raw.translate(None, _PLAIN_HEAD_BYTES):  # something to decode, unescape or refuse
             return None
         text = raw.decode("ascii")
         lines = text.split("\n")
-        if len(lines) - 1 > self.limits.max_headers or not all(":" in ln for ln in lines[1:]):
+        if len(lines) - 1 > limits.max_headers or not all(map(str.__contains__, lines[1:], _COLON)):
             return None
         i = text.find("\ncontent-length:")
         if i < 0:
@@ -324,6 +324,11 @@ class Parser:
         if stop + 1 != len(data) or data[stop] != 0:
             return None
         return Frame("MESSAGE", None, data[start:stop], head=text)
+
+
+# bytes a header block can hold and still be read as it is: ASCII without NUL, CR or backslash
+_PLAIN_HEAD_BYTES = bytes(c for c in range(128) if c not in b"\x00\r\\")
+_COLON = itertools.repeat(":")  # every header line holds one (map() stops at the shortest input)
 
 
 def _header_end(buf: bytearray, pos: int) -> tuple[int, int]:
