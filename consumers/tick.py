@@ -13,13 +13,24 @@ from ingestor.ticks import as_str
 class Tick:
     """One stream entry. ``kind`` is ``"tick"`` or ``"gap"`` (a window the feed could not see)."""
 
-    __slots__ = ("_data", "_id", "fields", "market")
+    __slots__ = ("_data", "_fields", "_id", "market")
 
-    def __init__(self, market: str, stream_id: bytes | str, fields: dict[bytes, bytes]) -> None:
+    def __init__(
+        self, market: str, stream_id: bytes | str, fields: dict[bytes, bytes] | list[bytes]
+    ) -> None:
+        """``fields``: a dict, or Redis's flat ``[field, value, ...]`` reply (made a dict on first
+        use, so a handler that never looks inside an entry never pays for it)."""
         self.market = market
         self._id = stream_id
-        self.fields = fields
+        self._fields = fields
         self._data: Any = None
+
+    @property
+    def fields(self) -> dict[bytes, bytes]:
+        f = self._fields
+        if isinstance(f, list):
+            f = self._fields = dict(zip(f[::2], f[1::2], strict=True))
+        return f
 
     @property
     def stream_id(self) -> str:
@@ -55,6 +66,9 @@ class Tick:
 
     @property
     def is_gap(self) -> bool:
+        f = self._fields
+        if isinstance(f, list) and f[:1] == [b"channel"]:  # the ingestor writes channel first
+            return f[1] == b"gap"
         return self.fields.get(b"channel") == b"gap"
 
     @property

@@ -196,11 +196,7 @@ class Worker:
             key = as_str(key)
             market = self.streams[key]
             # raw reply: [[id, [field, value, ...]], ...]; a trimmed entry has no fields
-            ticks = [
-                Tick(market, i, dict(zip(f[::2], f[1::2], strict=True)))
-                for i, f in entries
-                if f is not None
-            ]
+            ticks = [Tick(market, i, f) for i, f in entries if f is not None]
             n += len(ticks)
             await self._handle(key, ticks, defer_ack=self._resp is not None)
         return n

@@ -374,3 +374,14 @@ def test_jsonl_archive_is_replayable(
     lines = [orjson.loads(x) for x in files[0].read_bytes().splitlines()]
     assert [x["id"] for x in lines] == [t.stream_id for t in ticks]
     assert [orjson.dumps(x["payload"]) for x in lines] == [t.raw for t in ticks]
+
+
+def test_tick_from_a_flat_reply_reads_like_one_from_a_dict() -> None:
+    flat = [b"channel", b"trade", b"code", b"A005930", b"recv_ms", b"12", b"payload", b'{"a":1}']
+    t = Tick("kr", b"5-0", flat)
+    assert not t.is_gap and t._fields is flat  # no dict built just to say it is not a gap
+    assert (t.channel, t.code, t.recv_ms, t.data) == ("trade", "A005930", 12, {"a": 1})
+    assert t.fields == dict(zip(flat[::2], flat[1::2], strict=True))
+    gap_first = Tick("kr", b"6-0", [b"channel", b"gap", b"from_ms", b"1", b"to_ms", b"2"])
+    gap_later = Tick("kr", b"7-0", [b"reason", b"x", b"channel", b"gap"])
+    assert gap_first.is_gap and gap_later.is_gap and gap_first.gap_window_ms == (1, 2)
