@@ -3,6 +3,11 @@ SUBSCRIBE with receipts, heart-beats) with ``stream_ticks`` replaced by pre-enco
 sent as fast as the socket takes them (``--rate 0``) or at a fixed rate. Each payload carries its
 send time (``sent_ns``) so the latency benchmark can measure frame sent -> entry in Redis.
 
+The frames go out as pre-built WebSocket frames (one text frame per STOMP frame, as Toss sends
+them), written to the socket in batches: on this 2-core machine the sender shares the CPU with
+the ingestor and Redis, and per-frame ``send()`` through websockets would take CPU the ingestor
+needs (a real feed's sender is on another machine).
+
     .venv/bin/python bench/flood.py --port 8790 [--rate 0]
 """
 
@@ -34,12 +39,22 @@ def templates(sub_id: str, sub: Sub) -> list[tuple[bytes, bytes]]:
             % (sub.code.encode(), 70000 + i * 100, 1 + i % 50, 1000 + i, 70_000_000 + i)
         )
         body_len = len(body_head) + 19 + 1
-        head = (
+        stomp_head = (
             b"MESSAGE\nsubscription:%s\nmessage-id:%d\ncontent-type:application/json\n"
             b"content-length:%d\n\n" % (sub_id.encode(), i, body_len)
         ) + body_head
-        out.append((head, b"}\x00"))
+        tail = b"}\x00"
+        out.append((ws_text_header(len(stomp_head) + 19 + len(tail)) + stomp_head, tail))
     return out
+
+
+def ws_text_header(n: int) -> bytes:
+    """An unmasked, final, uncompressed text frame's header for an n-byte payload (RFC 6455)."""
+    if n < 126:
+        return bytes((0x81, n))
+    if n < 1 << 16:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big")
+    return bytes((0x81, 127)) + n.to_bytes(8, "big")
 
 
 class FloodSession(Session):
@@ -52,11 +67,11 @@ class FloodSession(Session):
         await asyncio.sleep(0.2)  # let the whole subscription batch land
         subs = list(self.subs.items())
         frames = [(sub.member, templates(sid, sub)) for sid, sub in subs]
-        send = self.ws.send
+        ws = self.ws
         t0 = time.monotonic()
         n = 0
         i = 0
-        while not self.closing:
+        while not self.closing and not ws.transport.is_closing():
             if rate:
                 due = int((time.monotonic() - t0) * rate) - n
                 if due <= 0:
@@ -64,13 +79,16 @@ class FloodSession(Session):
                     continue
             else:
                 due = 256
+            parts = []
             for _ in range(due):
                 member, tpl = frames[i % len(frames)]
                 head, tail = tpl[(i // len(frames)) % FRAMES_PER_SUB]
                 i += 1
-                await send(head + b"%019d" % time.time_ns() + tail, text=True)
+                parts += (head, b"%019d" % time.time_ns(), tail)
                 stats.sent[member] += 1
+            ws.transport.write(b"".join(parts))
             n += due
+            await ws.drain()  # waits while the socket's write buffer is over its limit
             if not rate:
                 await asyncio.sleep(0)
 

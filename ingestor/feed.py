@@ -321,14 +321,20 @@ class FeedConnection:
         self.clock.received(now)
         recv_ms = int(time.time() * 1000)
         handler = self.handler
-        feed = self.parser.feed
+        on_message = handler.on_message
+        message, feed = self.parser.message, self.parser.feed
         for raw in batch:
+            frame = message(raw)  # nearly every feed message
+            if frame is not None:
+                self.last_message = now
+                on_message(frame, recv_ms)
+                continue
             for item in feed(raw):
                 if isinstance(item, stomp.StompError):
                     handler.on_invalid(_error_reason(item), str(item), raw[:200])
                 elif item.command == "MESSAGE":
                     self.last_message = now
-                    handler.on_message(item, recv_ms)
+                    on_message(item, recv_ms)
                 elif item.command == "RECEIPT":
                     rid = item.get("receipt-id") or ""
                     fut = self._receipts.pop(rid, None)

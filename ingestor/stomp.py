@@ -20,7 +20,6 @@ one malformed frame costs that frame only.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -207,11 +206,18 @@ class Parser:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def message(self, data: bytes) -> Frame | None:
+        """``data`` as one MESSAGE frame when it is exactly that, in its common plain shape, and
+        nothing is buffered; otherwise None, and ``feed(data)`` must be called instead. The same
+        frame ``feed`` would return, without the list around it (the ingest hot path)."""
+        if self._buf or self._skipping or not data.startswith(b"MESSAGE\n"):
+            return None
+        return self._one_message(data)
+
     def feed(self, data: bytes) -> list[Frame | StompError]:
-        if not self._buf and not self._skipping and data[:8] == b"MESSAGE\n":
-            one = self._one_message(data)
-            if one is not None:
-                return [one]
+        one = self.message(data)
+        if one is not None:
+            return [one]
         buf = self._buf
         buf += data
         out: list[Frame | StompError] = []
@@ -310,8 +316,11 @@ class Parser:
             return None
         text = raw.decode("ascii")
         lines = text.split("\n")
-        if len(lines) - 1 > limits.max_headers or not all(map(str.__contains__, lines[1:], _COLON)):
+        if len(lines) - 1 > limits.max_headers:
             return None
+        for line in lines[1:]:  # a plain loop: measurably cheaper than all() here
+            if ":" not in line:
+                return None
         i = text.find("\ncontent-length:")
         if i < 0:
             return None
@@ -328,7 +337,6 @@ class Parser:
 
 # bytes a header block can hold and still be read as it is: ASCII without NUL, CR or backslash
 _PLAIN_HEAD_BYTES = bytes(c for c in range(128) if c not in b"\x00\r\\")
-_COLON = itertools.repeat(":")  # every header line holds one (map() stops at the shortest input)
 
 
 def _header_end(buf: bytearray, pos: int) -> tuple[int, int]:
