@@ -10,7 +10,6 @@ settings, so there is still one place that reads ``TOSS_REDIS_URL``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -49,7 +48,10 @@ def _bulk_cached(v: Any) -> bytes:
 
 def pack_command(*args: Any) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
-    parts.extend(_bulk(_b(a)) for a in args)
+    append = parts.append
+    for a in args:  # inline: XACK carries a thousand ids per batch
+        v = a if a.__class__ is bytes else _b(a)
+        append(b"$%d\r\n%s\r\n" % (len(v), v))
     return b"".join(parts)
 
 
@@ -103,6 +105,60 @@ def pack_xadd(
 _HEADS: dict[tuple[str, int, int], bytes] = {}
 
 
+class _RespProtocol(asyncio.Protocol):
+    """Replies parsed (hiredis) as the bytes arrive, straight from ``data_received``: no stream
+    buffer to copy through. The caller waits until the count it expects is in."""
+
+    def __init__(self) -> None:
+        self.parser = hiredis.Reader(replyError=ResponseError)
+        self.transport: asyncio.Transport | None = None
+        self.replies: list[Any] = []
+        self.want = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.writable: asyncio.Future[None] | None = None  # set while the transport is paused
+        self.failure: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        parser, replies = self.parser, self.replies
+        parser.feed(data)
+        try:
+            while (reply := parser.gets()) is not False:
+                replies.append(reply)
+        except hiredis.ProtocolError as exc:
+            self._fail(ConnectionError(f"Redis sent something that is not RESP: {exc}"))
+            return
+        if len(replies) >= self.want:
+            self._wake(self.waiter)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f": {exc}" if exc else ""
+        self._fail(ConnectionError(f"Connection closed by server{reason}."))
+
+    def pause_writing(self) -> None:
+        self.writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self._wake(self.writable)
+        self.writable = None
+
+    def _fail(self, exc: Exception) -> None:
+        if self.failure is None:
+            self.failure = exc
+        for fut in (self.waiter, self.writable):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    @staticmethod
+    def _wake(fut: asyncio.Future[None] | None) -> None:
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
 class RespConnection:
     """One TCP connection, pipelined commands, replies as values or ``ResponseError`` objects."""
 
@@ -114,9 +170,7 @@ class RespConnection:
         self.username: str | None = kw.get("username")
         self.password: str | None = kw.get("password")
         self.timeout_s: float = float(kw.get("socket_timeout") or 5.0)
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._parser = hiredis.Reader(replyError=ResponseError)
+        self._proto: _RespProtocol | None = None
 
     @staticmethod
     def usable_for(redis: Redis) -> bool:
@@ -129,13 +183,13 @@ class RespConnection:
         )
 
     async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), self.timeout_s
+            _, self._proto = await asyncio.wait_for(
+                loop.create_connection(_RespProtocol, self.host, self.port), self.timeout_s
             )
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(f"Error connecting to {self.host}:{self.port}: {exc}") from None
-        self._parser = hiredis.Reader(replyError=ResponseError)
         setup: list[bytes] = []
         if self.password is not None:
             auth = [self.username, self.password] if self.username else [self.password]
@@ -150,7 +204,7 @@ class RespConnection:
 
     async def execute(self, packed: Iterable[bytes], n: int) -> list[Any]:
         """Send ``n`` packed commands in one write; return their ``n`` replies in order."""
-        if self._writer is None:
+        if self._proto is None:
             await self._connect()
         try:
             return await self._roundtrip(b"".join(packed), n)
@@ -159,31 +213,28 @@ class RespConnection:
             raise
 
     async def _roundtrip(self, data: bytes, n: int) -> list[Any]:
-        assert self._reader is not None and self._writer is not None
-        self._writer.write(data)
-        replies: list[Any] = []
-        parser = self._parser
+        """One at a time per connection (each user of a RespConnection is a single task)."""
+        p = self._proto
+        assert p is not None and p.transport is not None
+        if p.failure is not None:
+            raise p.failure
+        p.replies, p.want = [], n
+        p.transport.write(data)
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self._writer.drain()
-                while len(replies) < n:
-                    reply = parser.gets()
-                    if reply is False:
-                        chunk = await self._reader.read(1 << 16)
-                        if not chunk:
-                            raise ConnectionError("Connection closed by server.")
-                        parser.feed(chunk)
-                        continue
-                    replies.append(reply)
+                if p.writable is not None:
+                    await p.writable
+                if len(p.replies) < n:
+                    p.waiter = asyncio.get_running_loop().create_future()
+                    await p.waiter
         except TimeoutError:
             raise ConnectionError(f"Redis did not answer within {self.timeout_s:g} s") from None
-        except OSError as exc:
-            raise ConnectionError(f"Redis connection failed: {exc}") from None
+        finally:
+            p.waiter = None
+        replies, p.replies = p.replies, []
         return replies
 
     async def close(self) -> None:
-        writer, self._writer, self._reader = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+        p, self._proto = self._proto, None
+        if p is not None and p.transport is not None:
+            p.transport.close()

@@ -3,8 +3,11 @@ errors come back in order."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as aredis
+from redis.exceptions import ConnectionError
 
 from ingestor.publisher import Publisher
 from ingestor.resp import RespConnection, pack_command, pack_pairs, pack_xadd
@@ -43,7 +46,6 @@ def test_route_template_equals_the_general_encoding(dt: str, body: bytes) -> Non
 async def test_write_paths_agree(r: aredis.Redis, prefix: str, fast: bool) -> None:
     pub = Publisher(r, max_queue=100, batch_max=7, fast=fast)
     assert (pub._resp is not None) == fast
-    import asyncio
 
     writer = asyncio.create_task(pub.run())
     payload = '{"code":"A005930","close":70000,"name":"삼성전자"}'.encode()
@@ -76,4 +78,54 @@ async def test_resp_connection_returns_errors_in_place(redis_url: str, prefix: s
     assert "equal or smaller" in str(replies[1])
     assert replies[2] == 1
     await conn.close()
+    await client.aclose()
+
+
+async def _fake_redis(
+    reply: bytes | None, byte_at_a_time: bool = False
+) -> tuple[asyncio.Server, aredis.Redis]:
+    """A TCP server that answers every read with ``reply`` (None: closes the connection)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(1 << 16):
+            if reply is None:
+                break
+            step = 1 if byte_at_a_time else max(1, len(reply))
+            for i in range(0, len(reply), step):
+                writer.write(reply[i : i + step])
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, aredis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5)
+
+
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [(b"not resp\r\n", "not RESP"), (None, "closed"), (b"", "did not answer within 0.5 s")],
+)
+async def test_resp_connection_failures_are_connection_errors(
+    reply: bytes | None, said: str
+) -> None:
+    server, client = await _fake_redis(reply)
+    conn = RespConnection(client)
+    with pytest.raises(ConnectionError, match=said):
+        await conn.execute([pack_command("PING")], 1)
+    # the broken socket is not reused: the next call connects again (and fails the same way)
+    with pytest.raises(ConnectionError, match=said):
+        await conn.execute([pack_command("PING")], 1)
+    server.close()
+    await server.wait_closed()
+    await client.aclose()
+
+
+async def test_resp_connection_replies_in_pieces() -> None:
+    server, client = await _fake_redis(b"+PONG\r\n$3\r\nabc\r\n-ERR no\r\n", byte_at_a_time=True)
+    conn = RespConnection(client)
+    got = await conn.execute([pack_command("PING"), pack_command("GET", "k"), b"x"], 3)
+    assert got[:2] == [b"PONG", b"abc"] and "no" in str(got[2])
+    await conn.close()
+    server.close()
+    await server.wait_closed()
     await client.aclose()
