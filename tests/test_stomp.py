@@ -240,3 +240,26 @@ def test_single_message_fast_path_agrees_with_the_general_parser(
     general = Parser().feed(b"\n" + data)  # a leading heart-beat EOL forces the general loop
     assert fast == general == [f]
     assert fast[0].get("content-length") == str(len(body))
+
+
+def _outcome(items: list[Frame | StompError]) -> list[object]:
+    return [(type(i), str(i)) if isinstance(i, StompError) else i for i in items]
+
+
+_piece = st.sampled_from(
+    [b"a", b":", b"\\", b"\\c", b"\r", b"\x00", b"\xff", b"\xc3\xa9", b"\t", b"subscription", b"1"]
+)
+
+
+@settings(max_examples=1000)
+@given(
+    st.lists(st.lists(_piece, max_size=4).map(b"".join), max_size=4),
+    st.binary(max_size=20),
+    st.integers(-1, 1),
+)
+def test_fast_path_never_changes_the_outcome(lines: list[bytes], body: bytes, off: int) -> None:
+    """Any header lines (garbage included) before a content-length body, exact or off by one:
+    the same frames and the same errors with and without the single-message fast path."""
+    head = b"".join(b"\n" + line for line in lines)
+    data = b"MESSAGE%s\ncontent-length:%d\n\n%s\x00" % (head, len(body) + off, body)
+    assert _outcome(Parser().feed(data)) == _outcome(Parser().feed(b"\n" + data))
