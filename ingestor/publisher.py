@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -45,7 +46,7 @@ STALL_S = 1.0  # a pipeline in flight longer than this counts as Redis being too
 
 
 class Entry:
-    __slots__ = ("fields", "id", "key", "maxlen", "pairs", "tried")
+    __slots__ = ("fields", "id", "key", "maxlen", "pairs", "sent")
 
     def __init__(
         self,
@@ -59,7 +60,8 @@ class Entry:
         self.fields = fields
         self.maxlen = maxlen
         self.id = entry_id
-        self.tried = entry_id is not None
+        # times sent to Redis; an entry with an id from the spool may have been written already
+        self.sent = 0 if entry_id is None else 1
         self.pairs = pairs  # pack_pairs(fields), when the producer had it at hand
 
 
@@ -243,7 +245,7 @@ class Publisher:
             try:
                 if queue:
                     n = min(len(queue), self.batch_max)
-                    batch = [queue[i] for i in range(n)]
+                    batch = list(itertools.islice(queue, n))
                     self._write_started = time.monotonic()
                     try:
                         await self._write(batch)
@@ -302,24 +304,22 @@ class Publisher:
         todo = batch
         while todo:
             await self._assign_ids(todo)
-            first_try = [not e.tried for e in todo]
             for e in todo:
-                e.tried = True  # before execute: a lost reply may still mean it was written
+                e.sent += 1  # before execute: a lost reply may still mean it was written
             results = await self._xadd_all(todo)
             retry: list[Entry] = []
-            for e, res, first in zip(todo, results, first_try, strict=True):
-                if not isinstance(res, ResponseError):
-                    continue
+            for i in [i for i, res in enumerate(results) if isinstance(res, ResponseError)]:
+                e, res = todo[i], results[i]
                 if "equal or smaller" not in str(res):
                     raise res
-                if not first:
+                if e.sent > 1:
                     # written by an earlier attempt whose reply was lost
                     self.duplicates_skipped += 1
                     continue
                 log.warning("%s has newer ids than this writer: another writer? re-reading", e.key)
                 self._ids.pop(e.key, None)
                 e.id = None
-                e.tried = False
+                e.sent = 0
                 retry.append(e)
             self.written += len(todo) - len(retry)
             self.batches += 1

@@ -4,6 +4,7 @@ errors come back in order."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import redis.asyncio as aredis
@@ -59,6 +60,55 @@ async def test_write_paths_agree(r: aredis.Redis, prefix: str, fast: bool) -> No
     assert all(f[b"payload"] == payload for _, f in entries)
     ids = [i.decode() for i, _ in entries]
     assert ids == sorted(ids, key=lambda x: tuple(map(int, x.split("-"))))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+async def test_batch_retried_after_a_lost_reply_is_not_written_twice(
+    r: aredis.Redis, prefix: str, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write lands but its reply is lost: the retry sends the same ids, Redis refuses them
+    as already there, and each entry is in the stream once."""
+    pub = Publisher(r, max_queue=100, batch_max=100, fast=fast)
+    real = pub._xadd_all
+    lost = 0
+
+    async def lose_first_reply(todo: list[Any]) -> list[Any]:
+        nonlocal lost
+        results = await real(todo)
+        if not lost:
+            lost = len(todo)
+            raise ConnectionError("reply lost")
+        return results
+
+    monkeypatch.setattr(pub, "_xadd_all", lose_first_reply)
+    writer = asyncio.create_task(pub.run())
+    key = f"{prefix}:ticks:kr"
+    for i in range(20):
+        pub.put_nowait(key, {"n": i})
+    assert await pub.flush(5)
+    writer.cancel()
+    await pub.aclose()
+    assert lost == 20 and pub.duplicates_skipped == 20 and pub.redis_errors == 1
+    assert [int(f[b"n"]) for _, f in await r.xrange(key)] == list(range(20))
+
+
+async def test_another_writer_with_newer_ids_is_noticed(r: aredis.Redis, prefix: str) -> None:
+    """Someone else added an entry with a later id: the refused entry gets a fresh id after the
+    stream's last one is read again (not counted as a duplicate, not lost)."""
+    pub = Publisher(r, max_queue=100, batch_max=100)
+    writer = asyncio.create_task(pub.run())
+    key = f"{prefix}:ticks:kr"
+    pub.put_nowait(key, {"n": 0})
+    assert await pub.flush(5)
+    future = f"{pub._ids[key][0] + 60_000}-0"
+    await r.xadd(key, {"n": "other"}, id=future)
+    pub.put_nowait(key, {"n": 1})
+    assert await pub.flush(5)
+    writer.cancel()
+    await pub.aclose()
+    entries = await r.xrange(key)
+    assert [f[b"n"] for _, f in entries] == [b"0", b"other", b"1"]
+    assert pub.duplicates_skipped == 0 and entries[-1][0].decode() > future
 
 
 @pytest.mark.real_redis("fakeredis differs on the lean RESP connection path (not yet investigated)")
