@@ -1,6 +1,7 @@
 """``make bench``: the benchmarks, side by side with their baselines, in one run on this machine.
 
     .venv/bin/python bench/run.py [--seconds 10] [--only ingest,latency,consumer,memory,resub,cli]
+                                  [--before DIR]
 
 Uses the Redis at TOSS_BENCH_REDIS_URL (default redis://127.0.0.1:6379/14; keys under
 ``bench:``, deleted before and after) and loopback ports only. Prints a Markdown table and writes
@@ -116,21 +117,30 @@ def measure_rate(r: redis.Redis, key: str, seconds: float, warmup_s: float = 3.0
 # --- 1. ingest throughput ---------------------------------------------------------------------
 
 
-def bench_ingest(seconds: float) -> None:
+def _ingest_rate(seconds: float, tree: Path) -> tuple[float, float]:
+    """Ticks/s landed and the ingestor's CPU %, running the ingestor code found in ``tree``."""
     clean()
     r = redis.Redis.from_url(REDIS_URL)
     r.sadd(KEYS.subs, *[f"kr:trade:{c}" for c in CODES])
     port = free_port()
     flood = start_flood(port)
     ing = subprocess.Popen(
-        [PY, "-m", "ingestor.cli", "run"], env=env_for(port, TOSS_SPOOL_MAX_MB="0"), cwd=ROOT
+        [PY, "-m", "ingestor.cli", "run"], env=env_for(port, TOSS_SPOOL_MAX_MB="0"), cwd=tree
     )
     try:
-        ours = measure_rate(r, KEYS.ticks("kr"), seconds)
+        rate = measure_rate(r, KEYS.ticks("kr"), seconds)
         cpu = psutil.Process(ing.pid).cpu_percent(1.0)
     finally:
         stop(ing, flood)
     clean()
+    return rate, cpu
+
+
+def bench_ingest(seconds: float, before: Path | None) -> None:
+    if before is not None:
+        then, then_cpu = _ingest_rate(seconds, before)
+    ours, cpu = _ingest_rate(seconds, ROOT)
+    r = redis.Redis.from_url(REDIS_URL)
     port = free_port()
     flood = start_flood(port)
     naive = subprocess.Popen(
@@ -196,6 +206,11 @@ def bench_ingest(seconds: float) -> None:
     row("ingest ceiling: redis-benchmark XADD -P 100, one connection", f"{ceiling:,.0f} XADD/s")
     row("ingest ratio: ours / naive", f"{ours / base:.1f}x", ">= 10x")
     row("ingest ratio: ours / redis-benchmark", f"{ours / ceiling:.2f}")
+    if before is not None:
+        row(
+            f"ingest, the ingestor code in {before}",
+            f"{then:,.0f} ticks/s (ingestor CPU {then_cpu:.0f} %); this tree {ours / then:.2f}x",
+        )
 
 
 # --- 2. latency ---------------------------------------------------------------------------------
@@ -438,12 +453,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--only", default="ingest,latency,consumer,memory,resub,cli")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        help="also run the ingest benchmark on the ingestor code in this directory, e.g. a\n"
+        "`git worktree add /tmp/before <commit>`: a before/after in the same run",
+    )
     a = ap.parse_args()
     which = set(a.only.split(","))
     cpu = f"{psutil.cpu_count()} cores"
     print(f"benchmarks on {cpu}, Python {sys.version.split()[0]}, Redis {REDIS_URL}", flush=True)
     if "ingest" in which:
-        bench_ingest(a.seconds)
+        bench_ingest(a.seconds, a.before)
     if "latency" in which:
         bench_latency(a.seconds)
     if "consumer" in which:
