@@ -274,6 +274,8 @@ class Worker:
 
     async def reclaim(self) -> int:
         """Retry own failed entries, take over entries of stopped consumers, dead-letter poison."""
+        # handled entries whose acks wait for the next read would look like own failed entries
+        await self.flush_acks()
         done = 0
         for key, market in self.streams.items():
             rows: Any = await self.redis.xpending_range(

@@ -297,6 +297,30 @@ async def test_gap_entries_reach_handlers_unless_ignored(
     assert kinds["ticks"] == ["tick", "tick"]
 
 
+async def test_slow_handler_gets_each_entry_once(settings: Settings, r: aredis.Redis) -> None:
+    """A handler slower than the own-entry retry delay: the handled batch's acks (which ride with
+    the next read) go out before the worker looks for its own unacked entries, so nothing is
+    handled twice."""
+    keys = Keys(settings.key_prefix)
+    ids = await fill(r, keys, 120)
+    seen: list[str] = []
+
+    async def slow(ticks: list[Tick]) -> None:
+        seen.extend(t.stream_id for t in ticks)
+        await asyncio.sleep(0.15)  # the slowness under test: longer than retry_idle_ms
+
+    w = Worker(
+        settings,
+        WorkerOptions(
+            group="slow", handler=slow, markets=("kr",), from_start=True, burst=True,
+            batch=40, retry_idle_ms=50,
+        ),
+    )  # fmt: skip
+    await w.run()
+    await w.redis.aclose()
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+
+
 def _tick(i: int, code: str, cum: int, price: float, vol: int, minute: str) -> Tick:
     payload = orjson.dumps(
         {
