@@ -291,7 +291,7 @@ def _acked(r: redis.Redis, group: str) -> int:
     return 0
 
 
-def _consume(workers: int, group: str, n: int) -> float:
+def _consume(workers: int, group: str, n: int, handler: str = "noop") -> float:
     """Entries/s between 10 % and 90 % of the stream acked (process start-up excluded)."""
     env = env_for(free_port(), TOSS_CONSUMER_BLOCK_MS="100", TOSS_HEALTH_INTERVAL_S="2")
     r = redis.Redis.from_url(REDIS_URL)
@@ -305,7 +305,7 @@ def _consume(workers: int, group: str, n: int) -> float:
                 "--group",
                 group,
                 "--handler",
-                "noop",
+                handler,
                 "--markets",
                 "kr",
                 "--from-start",
@@ -339,9 +339,17 @@ def bench_consumer(n: int) -> None:
     _fill(n)
     one = _consume(1, "one", n)
     two = _consume(2, "two", n)
+    parse = "bench.handlers:parse_every_payload"
+    one_p = _consume(1, "one-p", n, parse)
+    two_p = _consume(2, "two-p", n, parse)
     clean()
     row("consumer: 1 worker, noop handler, read+ack", f"{one:,.0f} entries/s", ">= 200,000")
     row("consumer: 2 workers, same group", f"{two:,.0f} entries/s ({two / one:.2f}x)", ">= 1.6x")
+    row("consumer: 1 worker, handler parsing every payload", f"{one_p:,.0f} entries/s")
+    row(
+        "consumer: 2 workers, handler parsing every payload",
+        f"{two_p:,.0f} entries/s ({two_p / one_p:.2f}x)",
+    )
 
 
 # --- 4. memory ----------------------------------------------------------------------------------

@@ -280,8 +280,13 @@ class FeedConnection:
         keeper = asyncio.create_task(self._keepalive(), name="feed-keepalive")
         try:
             done, _ = await asyncio.wait({reader, keeper}, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                t.result()
+            if self._failure is not None:
+                # the server said why (ERROR) before closing: that beats a heart-beat send that
+                # found the socket closed in the same instant
+                raise self._failure
+            for t in (reader, keeper):
+                if t in done:
+                    t.result()
             raise FeedError("connection ended")
         finally:
             for t in (reader, keeper):
