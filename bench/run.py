@@ -136,6 +136,10 @@ def _ingest_rate(seconds: float, tree: Path) -> tuple[float, float]:
     return rate, cpu
 
 
+def _us_per_tick(cpu_percent: float, rate: float) -> float:
+    return cpu_percent / 100 / rate * 1e6 if rate else float("nan")
+
+
 def bench_ingest(seconds: float, before: Path | None) -> None:
     if before is not None:
         then, then_cpu = _ingest_rate(seconds, before)
@@ -199,7 +203,7 @@ def bench_ingest(seconds: float, before: Path | None) -> None:
     clean()
     row(
         "ingest: flood -> toss-ingest run -> Redis",
-        f"{ours:,.0f} ticks/s (ingestor CPU {cpu:.0f} %)",
+        f"{ours:,.0f} ticks/s (ingestor CPU {cpu:.0f} %, {_us_per_tick(cpu, ours):.1f} µs/tick)",
         ">= 100,000 ticks/s",
     )
     row("ingest baseline: one awaited XADD per tick", f"{base:,.0f} ticks/s")
@@ -209,7 +213,8 @@ def bench_ingest(seconds: float, before: Path | None) -> None:
     if before is not None:
         row(
             f"ingest, the ingestor code in {before}",
-            f"{then:,.0f} ticks/s (ingestor CPU {then_cpu:.0f} %); this tree {ours / then:.2f}x",
+            f"{then:,.0f} ticks/s (ingestor CPU {then_cpu:.0f} %, "
+            f"{_us_per_tick(then_cpu, then):.1f} µs/tick); this tree {ours / then:.2f}x",
         )
 
 
