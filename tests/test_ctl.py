@@ -81,7 +81,7 @@ def test_subscribe_unsubscribe_bulk(env: dict[str, str], settings: Settings, sr:
     ("args", "exit_code", "text"),
     [
         (["subscribe", "AAPL", "us"], 2, "Toss product code"),
-        (["subscribe", "A00593", "kr"], 2, "not a KR stock code"),
+        (["subscribe", "A00593", "kr"], 2, "e.g. A005930\n"),  # a digit short: no hint
         (["subscribe", "005930", "kr"], 2, "did you mean A005930"),
         (["subscribe", "A005930", "jp"], 2, "unknown market"),
         (["subscribe", "A005930", "kr", "--channel", "vwap"], 2, "does not exist for market kr"),

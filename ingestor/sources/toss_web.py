@@ -71,7 +71,8 @@ def normalise(market: str, code: str, channel: str | None = None) -> Sub:
             raise InvalidSymbol(f"{c} is not a known crypto code: use {', '.join(CRYPTO_CODES)}")
     elif m == "kr":
         if not _KR_STOCK.fullmatch(c):
-            hint = f" (did you mean A{c}?)" if re.fullmatch(r"[0-9A-Z]{6}", c) else ""
+            bare = re.fullmatch(r"[0-9A-Z]{6}", c) and not c.startswith("A")
+            hint = f" (did you mean A{c}?)" if bare else ""
             raise InvalidSymbol(
                 f"{c} is not a KR stock code: 'A' + 6 characters, e.g. A005930{hint}"
             )
