@@ -162,7 +162,7 @@ async def test_ingestor_loses_nothing_through_a_redis_outage_at_5000_ticks_per_s
     assert ing.publisher.spooled_total > 0 and ing.status == "connected"
     private_redis.start()
     await until(
-        lambda: ing.publisher.redis_ok and ing.publisher.idle, timeout_s=30, what="spool replayed"
+        lambda: ing.publisher.redis_ok and ing.publisher.idle, timeout_s=90, what="spool replayed"
     )
     ing.stop()
     assert await asyncio.wait_for(task, 20) == 0
