@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,13 @@ class Worker:
         self.redis.set_response_callback("XREADGROUP", _raw_reply)
         self._resp = RespConnection(self.redis) if RespConnection.usable_for(self.redis) else None
         self._deferred: list[tuple[str, list[bytes]]] = []  # acks that ride with the next read
+        # reads sent over the lean connection and not yet handled, with the acks each carried
+        self._reads: deque[tuple[asyncio.Future[list[Any]], list[tuple[str, list[bytes]]]]] = (
+            deque()
+        )
+        self._read_ahead = True
+        self._handling = False  # a batch is being handled
+        self._ahead_wanted = False  # a reply began while handling: send the next read after
         self.ctx = Context(settings, self.redis)
         self.handler = resolve(options.handler, self.ctx)
         self.ignores_gaps = bool(getattr(self.handler, "ignores_gaps", False))
@@ -134,7 +141,11 @@ class Worker:
                 try:
                     did = 0
                     if time.monotonic() >= next_claim:
+                        # the reclaim must only see entries this worker has handled
+                        self._read_ahead = False
+                        did += await self._drain_reads()
                         did += await self.reclaim()
+                        self._read_ahead = True
                         next_claim = time.monotonic() + min(1.0, self.opt.retry_idle_ms / 2000)
                     did += await self.read_once()
                     backoff.reset()
@@ -158,6 +169,7 @@ class Worker:
             self.status = "stopped"
             self._stop.set()
             with contextlib.suppress(RedisError, OSError):
+                await self._drain_reads()  # what was read ahead is handled, not left pending
                 await self.flush_acks()
             await finish([hb], 5.0)
             with contextlib.suppress(RedisError, OSError):
@@ -167,29 +179,87 @@ class Worker:
         return 0
 
     async def read_once(self) -> int:
-        """Read one batch per stream and handle it. Over the lean RESP connection the acks of
-        the previous batch travel in the same round trip as this read."""
+        """Read one batch per stream and handle it; the number of entries handled.
+
+        Over the lean RESP connection, the next read is sent the moment this one's reply starts
+        to arrive: Redis prepares the next batch while this one is parsed and handled. The acks
+        of handled batches travel with the next read."""
+        if self._resp is None:
+            resp = await self.redis.execute_command(*self._read_command())  # type: ignore[no-untyped-call]
+            return await self._process(resp)
+        if not self._reads:
+            await self._resp.connect()
+            self._send_read()
+        elif self._ahead_wanted:  # its reply began while the last batch was being handled
+            self._read_next()
+        fut, acks = self._reads[0]
+        try:
+            replies = await self._resp.replies(fut)
+        except BaseException:
+            self._abandon_reads()
+            raise
+        self._reads.popleft()
+        for reply in replies:
+            if isinstance(reply, Exception):
+                self._deferred[:0] = acks
+                await self._resp.close()  # a read sent ahead goes with it
+                self._abandon_reads()
+                raise reply
+        self._handling = True
+        try:
+            return await self._process(replies[-1])
+        finally:
+            self._handling = False
+
+    async def _drain_reads(self) -> int:
+        """Handle what reads already sent bring, without sending more."""
+        n = 0
+        while self._reads:
+            n += await self.read_once()
+        return n
+
+    def _read_command(self) -> tuple[Any, ...]:
         block = self.settings.consumer_block_ms if not self.opt.burst else 50
         keys = list(self.streams)
-        read = (
+        return (
             "XREADGROUP", "GROUP", self.opt.group, self.opt.name, "COUNT", self.batch,
             "BLOCK", block, "STREAMS", *keys, *([">"] * len(keys)),
         )  # fmt: skip
-        resp: Any
-        if self._resp is not None:
-            acks, self._deferred = self._deferred, []
-            cmds = [pack_command("XACK", key, self.opt.group, *ids) for key, ids in acks]
-            try:
-                replies = await self._resp.execute([*cmds, pack_command(*read)], len(cmds) + 1)
-            except BaseException:
-                self._deferred[:0] = acks  # XACK is idempotent: send them again next time
-                raise
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-            resp = replies[-1]
-        else:
-            resp = await self.redis.execute_command(*read)  # type: ignore[no-untyped-call]
+
+    def _send_read(self) -> None:
+        """Send the acks waiting to go and one XREADGROUP, without waiting for the reply."""
+        assert self._resp is not None
+        acks, self._deferred = self._deferred, []
+        cmds = [pack_command("XACK", key, self.opt.group, *ids) for key, ids in acks]
+        cmds.append(pack_command(*self._read_command()))
+        try:
+            fut = self._resp.send_nowait(cmds, len(cmds), on_start=self._read_next)
+        except (RedisError, OSError):
+            self._deferred[:0] = acks  # XACK is idempotent: send them again next time
+            raise
+        self._reads.append((fut, acks))
+
+    def _read_next(self) -> None:
+        """A read's reply is arriving: send the next read now, so Redis prepares it while this
+        one is parsed and handled. At most one read ahead of the batch being handled: while a
+        batch is handled this waits for ``read_once``. None while stopping or before a reclaim."""
+        self._ahead_wanted = False
+        if not self._read_ahead or self._stop.is_set() or len(self._reads) > 1:
+            return
+        if self._handling:
+            self._ahead_wanted = True
+            return
+        with contextlib.suppress(RedisError, OSError):  # it shows when that reply is awaited
+            self._send_read()
+
+    def _abandon_reads(self) -> None:
+        """The connection failed: acks that went with reads in flight go again with the next
+        read; what those reads delivered stays pending and is reclaimed."""
+        while self._reads:
+            _, acks = self._reads.popleft()
+            self._deferred[:0] = acks
+
+    async def _process(self, resp: Any) -> int:
         n = 0
         # RESP3 gives a map of stream -> entries, RESP2 a list of [stream, entries]
         for key, entries in resp.items() if isinstance(resp, dict) else resp or []:

@@ -10,7 +10,8 @@ settings, so there is still one place that reads ``TOSS_REDIS_URL``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import hiredis
@@ -105,16 +106,26 @@ def pack_xadd(
 _HEADS: dict[tuple[str, int, int], bytes] = {}
 
 
+class _Expected:
+    """The replies one ``send`` waits for."""
+
+    __slots__ = ("fut", "got", "n", "on_start")
+
+    def __init__(self, n: int, fut: asyncio.Future[list[Any]], on_start: Callable[[], None] | None):
+        self.n = n
+        self.got: list[Any] = []
+        self.fut = fut
+        self.on_start = on_start
+
+
 class _RespProtocol(asyncio.Protocol):
     """Replies parsed (hiredis) as the bytes arrive, straight from ``data_received``: no stream
-    buffer to copy through. The caller waits until the count it expects is in."""
+    buffer to copy through. Sends are answered in order; each gets the next ``n`` replies."""
 
     def __init__(self) -> None:
         self.parser = hiredis.Reader(replyError=ResponseError)
         self.transport: asyncio.Transport | None = None
-        self.replies: list[Any] = []
-        self.want = 0
-        self.waiter: asyncio.Future[None] | None = None
+        self.expected: deque[_Expected] = deque()
         self.writable: asyncio.Future[None] | None = None  # set while the transport is paused
         self.failure: Exception | None = None
 
@@ -122,41 +133,55 @@ class _RespProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        parser, replies = self.parser, self.replies
+        parser, expected = self.parser, self.expected
+        if expected:
+            _started(expected[0])  # its reply is arriving: Redis is done with that command
         parser.feed(data)
         try:
-            while (reply := parser.gets()) is not False:
-                replies.append(reply)
+            while expected:
+                head = expected[0]
+                while len(head.got) < head.n:
+                    reply = parser.gets()
+                    if reply is False:
+                        return
+                    head.got.append(reply)
+                expected.popleft()
+                _started(head)
+                if not head.fut.done():
+                    head.fut.set_result(head.got)
         except hiredis.ProtocolError as exc:
-            self._fail(ConnectionError(f"Redis sent something that is not RESP: {exc}"))
-            return
-        if len(replies) >= self.want:
-            self._wake(self.waiter)
+            self.fail(ConnectionError(f"Redis sent something that is not RESP: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
-        self._fail(ConnectionError(f"Connection closed by server{reason}."))
+        self.fail(ConnectionError(f"Connection closed by server{reason}."))
 
     def pause_writing(self) -> None:
         self.writable = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
-        self._wake(self.writable)
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
         self.writable = None
 
-    def _fail(self, exc: Exception) -> None:
+    def fail(self, exc: Exception) -> None:
+        """Every reply still expected fails with ``exc``; the socket is dropped."""
         if self.failure is None:
             self.failure = exc
-        for fut in (self.waiter, self.writable):
+        waiting = [e.fut for e in self.expected]
+        self.expected.clear()
+        for fut in [*waiting, self.writable]:
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
+                fut.exception()  # a sender that drops it unawaited is not warned about it
         if self.transport is not None:
             self.transport.abort()
 
-    @staticmethod
-    def _wake(fut: asyncio.Future[None] | None) -> None:
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+
+def _started(e: _Expected) -> None:
+    if e.on_start is not None:
+        callback, e.on_start = e.on_start, None
+        callback()
 
 
 class RespConnection:
@@ -197,44 +222,57 @@ class RespConnection:
         if self.db:
             setup.append(pack_command("SELECT", self.db))
         if setup:
-            for reply in await self._roundtrip(b"".join(setup), len(setup)):
+            for reply in await self.replies(self.send_nowait(setup, len(setup))):
                 if isinstance(reply, ResponseError):
                     await self.close()
                     raise reply
 
     async def execute(self, packed: Iterable[bytes], n: int) -> list[Any]:
         """Send ``n`` packed commands in one write; return their ``n`` replies in order."""
+        await self.connect()
+        fut = self.send_nowait(packed, n)
+        p = self._proto
+        if p is not None and p.writable is not None:
+            await self.replies(p.writable)  # the socket's buffer is full: wait until it drains
+        replies: list[Any] = await self.replies(fut)
+        return replies
+
+    async def connect(self) -> None:
         if self._proto is None:
             await self._connect()
-        try:
-            return await self._roundtrip(b"".join(packed), n)
-        except BaseException:
-            await self.close()  # replies may be in flight: never reuse this socket
-            raise
 
-    async def _roundtrip(self, data: bytes, n: int) -> list[Any]:
-        """One at a time per connection (each user of a RespConnection is a single task)."""
+    def send_nowait(
+        self, packed: Iterable[bytes], n: int, on_start: Callable[[], None] | None = None
+    ) -> asyncio.Future[list[Any]]:
+        """Write ``n`` packed commands now (after ``connect``); the future gets their replies.
+        Several sends can be in flight: Redis answers in order. ``on_start`` is called (inside
+        the protocol) as soon as the reply begins to arrive, when Redis has finished the work:
+        the moment to send the next request so that Redis works while this reply is parsed."""
         p = self._proto
-        assert p is not None and p.transport is not None
+        if p is None or p.transport is None:
+            raise ConnectionError("not connected")
         if p.failure is not None:
             raise p.failure
-        p.replies, p.want = [], n
-        p.transport.write(data)
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        p.expected.append(_Expected(n, fut, on_start))
+        p.transport.write(b"".join(packed))
+        return fut
+
+    async def replies(self, fut: asyncio.Future[Any]) -> Any:
+        """What a ``send_nowait`` brings, within the socket timeout. Any failure (timeout, lost
+        connection, cancellation) closes the connection and fails every send still in flight: a
+        socket with replies in flight is never reused."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                if p.writable is not None:
-                    await p.writable
-                if len(p.replies) < n:
-                    p.waiter = asyncio.get_running_loop().create_future()
-                    await p.waiter
+                return await fut
         except TimeoutError:
+            await self.close()
             raise ConnectionError(f"Redis did not answer within {self.timeout_s:g} s") from None
-        finally:
-            p.waiter = None
-        replies, p.replies = p.replies, []
-        return replies
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         p, self._proto = self._proto, None
-        if p is not None and p.transport is not None:
-            p.transport.close()
+        if p is not None:
+            p.fail(ConnectionError("connection closed"))

@@ -321,6 +321,32 @@ async def test_slow_handler_gets_each_entry_once(settings: Settings, r: aredis.R
     assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
 
 
+@pytest.mark.real_redis("fakeredis differs on the lean RESP connection path (not yet investigated)")
+async def test_next_read_is_sent_ahead_and_stop_leaves_nothing_pending(
+    settings: Settings, r: aredis.Redis
+) -> None:
+    """While a batch is handled the next read is already in flight; stopping handles what it
+    brought and acks everything, so the group has nothing pending."""
+    keys = Keys(settings.key_prefix)
+    ids = await fill(r, keys, 3000)
+    seen: list[str] = []
+    w = Worker(
+        settings,
+        WorkerOptions(
+            group="ahead", handler=lambda ticks: seen.extend(t.stream_id for t in ticks),
+            markets=("kr",), from_start=True, batch=500,
+        ),
+    )  # fmt: skip
+    await w.ensure_groups()
+    assert await w.read_once() == 500
+    assert len(w._reads) == 1  # sent when the first reply began to arrive
+    w.stop()
+    await w.run()  # stopped at once: handles the read in flight, sends the acks
+    await w.redis.aclose()
+    assert seen == ids[:1000]
+    assert (await r.xpending(keys.ticks("kr"), "ahead"))["pending"] == 0
+
+
 def _tick(i: int, code: str, cum: int, price: float, vol: int, minute: str) -> Tick:
     payload = orjson.dumps(
         {

@@ -179,3 +179,25 @@ async def test_resp_connection_replies_in_pieces() -> None:
     server.close()
     await server.wait_closed()
     await client.aclose()
+
+
+async def test_on_start_runs_when_the_reply_begins_and_chains_in_order() -> None:
+    """``send_nowait(..., on_start=...)``: the callback runs once, when the reply starts to
+    arrive; what it sends is answered after, in order."""
+    server, client = await _fake_redis(b"+A\r\n", byte_at_a_time=True)
+    conn = RespConnection(client)
+    await conn.connect()
+    calls: list[str] = []
+    chained: list[asyncio.Future[list[Any]]] = []
+
+    def next_one() -> None:
+        calls.append("start")
+        chained.append(conn.send_nowait([pack_command("PING")], 1))
+
+    first = conn.send_nowait([pack_command("PING")], 1, on_start=next_one)
+    assert await conn.replies(first) == [b"A"] and calls == ["start"]
+    assert await conn.replies(chained[0]) == [b"A"] and calls == ["start"]
+    await conn.close()
+    server.close()
+    await server.wait_closed()
+    await client.aclose()
