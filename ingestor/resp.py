@@ -238,6 +238,10 @@ class RespConnection:
         return replies
 
     async def connect(self) -> None:
+        """Connect, or reconnect when the socket was dropped (Redis restarted, say) since the
+        last command: a failed connection is replaced, never reused."""
+        if self._proto is not None and self._proto.failure is not None:
+            self._proto = None
         if self._proto is None:
             await self._connect()
 

@@ -14,6 +14,7 @@ from ingestor.publisher import Publisher
 from ingestor.resp import RespConnection, pack_command, pack_pairs, pack_xadd
 from ingestor.service import Route
 from ingestor.subs import Sub
+from tests.conftest import until
 
 
 def test_pack_xadd_is_resp() -> None:
@@ -197,6 +198,28 @@ async def test_on_start_runs_when_the_reply_begins_and_chains_in_order() -> None
     first = conn.send_nowait([pack_command("PING")], 1, on_start=next_one)
     assert await conn.replies(first) == [b"A"] and calls == ["start"]
     assert await conn.replies(chained[0]) == [b"A"] and calls == ["start"]
+    await conn.close()
+    server.close()
+    await server.wait_closed()
+    await client.aclose()
+
+
+async def test_resp_connection_reconnects_after_redis_dropped_it_between_commands() -> None:
+    """Redis restarts while the connection is idle: the next command opens a new connection."""
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)
+        writer.write(b"+OK\r\n")
+        await writer.drain()
+        writer.close()  # then hang up, like a restarting server
+
+    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aredis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0)
+    conn = RespConnection(client)
+    assert await conn.execute([pack_command("PING")], 1) == [b"OK"]
+    await until(lambda: conn._proto is not None and conn._proto.failure is not None)
+    assert await conn.execute([pack_command("PING")], 1) == [b"OK"]
     await conn.close()
     server.close()
     await server.wait_closed()
