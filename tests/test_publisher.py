@@ -133,9 +133,10 @@ async def test_resp_connection_returns_errors_in_place(redis_url: str, prefix: s
 
 
 async def _fake_redis(
-    reply: bytes | None, byte_at_a_time: bool = False
+    reply: bytes | None, byte_at_a_time: bool = False, hang_up: bool = False
 ) -> tuple[asyncio.Server, aredis.Redis]:
-    """A TCP server that answers every read with ``reply`` (None: closes the connection)."""
+    """A TCP server that answers every read with ``reply`` (None: closes the connection;
+    ``hang_up``: closes it after the first answer, like a restarting server)."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await reader.read(1 << 16):
@@ -145,6 +146,8 @@ async def _fake_redis(
             for i in range(0, len(reply), step):
                 writer.write(reply[i : i + step])
                 await writer.drain()
+            if hang_up:
+                break
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
@@ -206,16 +209,7 @@ async def test_on_start_runs_when_the_reply_begins_and_chains_in_order() -> None
 
 async def test_resp_connection_reconnects_after_redis_dropped_it_between_commands() -> None:
     """Redis restarts while the connection is idle: the next command opens a new connection."""
-
-    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(1 << 16)
-        writer.write(b"+OK\r\n")
-        await writer.drain()
-        writer.close()  # then hang up, like a restarting server
-
-    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = aredis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0)
+    server, client = await _fake_redis(b"+OK\r\n", hang_up=True)
     conn = RespConnection(client)
     assert await conn.execute([pack_command("PING")], 1) == [b"OK"]
     await until(lambda: conn._proto is not None and conn._proto.failure is not None)

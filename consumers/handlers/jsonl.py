@@ -34,7 +34,6 @@ class JsonlHandler:
         return f
 
     def __call__(self, ticks: list[Tick]) -> None:
-        touched: set[int] = set()
         for t in ticks:
             f = self._file(t.market, t.recv_ms or 0)
             line: dict[str, Any] = {
@@ -45,6 +44,5 @@ class JsonlHandler:
             if t.raw:
                 line["payload"] = orjson.Fragment(t.raw)
             f.write(orjson.dumps(line) + b"\n")
-            touched.add(id(f))
         for f in self._files.values():
             f.flush()
