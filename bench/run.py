@@ -305,8 +305,19 @@ def _acked(r: redis.Redis, group: str) -> int:
     return 0
 
 
-def _consume(workers: int, group: str, n: int, handler: str = "noop") -> float:
-    """Entries/s between 10 % and 90 % of the stream acked (process start-up excluded)."""
+def _cpu_s(r: redis.Redis, procs: list[subprocess.Popen[bytes]]) -> list[float]:
+    """CPU seconds used so far by Redis (first) and by each process."""
+    info = r.info("cpu")
+    out = [float(info["used_cpu_user"]) + float(info["used_cpu_sys"])]
+    for p in procs:
+        t = psutil.Process(p.pid).cpu_times()
+        out.append(t.user + t.system)
+    return out
+
+
+def _consume(workers: int, group: str, n: int, handler: str = "noop") -> tuple[float, str]:
+    """Entries/s between 10 % and 90 % of the stream acked (process start-up excluded), and
+    the CPU use of Redis and of each worker over the same window."""
     env = env_for(free_port(), TOSS_CONSUMER_BLOCK_MS="100", TOSS_HEALTH_INTERVAL_S="2")
     r = redis.Redis.from_url(REDIS_URL)
     procs = [
@@ -339,30 +350,45 @@ def _consume(workers: int, group: str, n: int, handler: str = "noop") -> float:
         done = _acked(r, group) if r.exists(KEYS.ticks("kr")) else 0
         now = time.monotonic()
         if not t10 and done >= n * 0.1:
-            t10, a10 = now, done
+            t10, a10, cpu10 = now, done, _cpu_s(r, procs)
         if done >= n * 0.9:
-            t90, a90 = now, done
+            t90, a90, cpu90 = now, done, _cpu_s(r, procs)
         time.sleep(0.005)
     for p in procs:
         p.wait(300)
-    return (a90 - a10) / (t90 - t10)
+    use = [(b - a) / (t90 - t10) * 100 for a, b in zip(cpu10, cpu90, strict=True)]
+    cpu = f"CPU: Redis {use[0]:.0f} %, worker{'s' if workers > 1 else ''} " + ", ".join(
+        f"{u:.0f} %" for u in use[1:]
+    )
+    return (a90 - a10) / (t90 - t10), cpu
 
 
 def bench_consumer(n: int) -> None:
     clean()
     _fill(n)
-    one = _consume(1, "one", n)
-    two = _consume(2, "two", n)
+    one, one_cpu = _consume(1, "one", n)
+    two, two_cpu = _consume(2, "two", n)
     parse = "bench.handlers:parse_every_payload"
-    one_p = _consume(1, "one-p", n, parse)
-    two_p = _consume(2, "two-p", n, parse)
+    one_p, one_p_cpu = _consume(1, "one-p", n, parse)
+    two_p, two_p_cpu = _consume(2, "two-p", n, parse)
     clean()
-    row("consumer: 1 worker, noop handler, read+ack", f"{one:,.0f} entries/s", ">= 200,000")
-    row("consumer: 2 workers, same group", f"{two:,.0f} entries/s ({two / one:.2f}x)", ">= 1.6x")
-    row("consumer: 1 worker, handler parsing every payload", f"{one_p:,.0f} entries/s")
+    row(
+        "consumer: 1 worker, noop handler, read+ack",
+        f"{one:,.0f} entries/s ({one_cpu})",
+        ">= 200,000",
+    )
+    row(
+        "consumer: 2 workers, same group",
+        f"{two:,.0f} entries/s, {two / one:.2f}x ({two_cpu})",
+        ">= 1.6x",
+    )
+    row(
+        "consumer: 1 worker, handler parsing every payload",
+        f"{one_p:,.0f} entries/s ({one_p_cpu})",
+    )
     row(
         "consumer: 2 workers, handler parsing every payload",
-        f"{two_p:,.0f} entries/s ({two_p / one_p:.2f}x)",
+        f"{two_p:,.0f} entries/s, {two_p / one_p:.2f}x ({two_p_cpu})",
     )
 
 
