@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -435,3 +436,25 @@ def test_tick_from_a_flat_reply_reads_like_one_from_a_dict() -> None:
     gap_first = Tick("kr", b"6-0", [b"channel", b"gap", b"from_ms", b"1", b"to_ms", b"2"])
     gap_later = Tick("kr", b"7-0", [b"reason", b"x", b"channel", b"gap"])
     assert gap_first.is_gap and gap_later.is_gap and gap_first.gap_window_ms == (1, 2)
+
+
+async def test_a_plain_handler_runs_in_a_thread_noop_and_async_ones_in_the_loop(
+    settings: Settings,
+) -> None:
+    seen: list[threading.Thread] = []
+
+    def plain(ticks: list[Tick]) -> None:
+        seen.append(threading.current_thread())
+
+    async def in_loop(ticks: list[Tick]) -> None:
+        seen.append(threading.current_thread())
+
+    ticks = [_tick(1, "A005930", 100, 70000, 1, "00")]
+    for handler in (plain, in_loop):
+        w = Worker(settings, WorkerOptions(group="g", handler=handler, markets=("kr",)))
+        assert await w._call(ticks) == ""
+        await w.redis.aclose()
+    assert seen[0] is not threading.main_thread() and seen[1] is threading.main_thread()
+    noop = Worker(settings, WorkerOptions(group="g", handler="noop", markets=("kr",)))
+    assert noop.is_async  # a no-op has nothing to block on: no thread hand-over per batch
+    await noop.redis.aclose()

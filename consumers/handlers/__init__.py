@@ -74,7 +74,7 @@ def _builtin(name: str, ctx: Context) -> Any:
     return registry[name](ctx)
 
 
-def _noop(ticks: list[Tick]) -> None:
+async def _noop(ticks: list[Tick]) -> None:
     return None
 
 
