@@ -33,12 +33,14 @@ sys.path.insert(0, str(ROOT))
 
 from ingestor.keys import Keys  # noqa: E402
 from ingestor.resp import RespConnection, pack_command  # noqa: E402
+from ingestor.settings import Settings  # noqa: E402
 
 REDIS_URL = os.environ.get("TOSS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 PREFIX = "bench"
 KEYS = Keys(PREFIX)
 CODES = ["A005930", "A000660", "A035420", "A000020"]
 PY = sys.executable
+BATCH = Settings.model_fields["consumer_batch"].default  # what toss-consume reads at a time
 rows: list[tuple[str, str, str]] = []
 
 
@@ -303,6 +305,8 @@ def _fill(n: int) -> None:
 
 def _acked(r: redis.Redis, group: str) -> int:
     """Entries the group has read and acknowledged so far."""
+    if not r.exists(KEYS.ticks("kr")):
+        return 0
     for g in r.xinfo_groups(KEYS.ticks("kr")):
         if g["name"].decode() == group:
             return int(g.get("entries-read") or 0) - int(g["pending"])
@@ -319,39 +323,34 @@ def _cpu_s(r: redis.Redis, procs: list[subprocess.Popen[bytes]]) -> list[float]:
     return out
 
 
-def _consume(workers: int, group: str, n: int, handler: str = "noop") -> tuple[float, str]:
+def _consume(
+    workers: int,
+    group: str,
+    n: int,
+    handler: str = "noop",
+    minimal: bool = False,
+) -> tuple[float, str]:
     """Entries/s between 10 % and 90 % of the stream acked (process start-up excluded), and
-    the CPU use of Redis and of each worker over the same window."""
+    the CPU use of Redis and of each process over the same window. ``minimal``: the baseline
+    reader ``bench/minreader.py`` instead of ``toss-consume run``."""
     env = env_for(free_port(), TOSS_CONSUMER_BLOCK_MS="100", TOSS_HEALTH_INTERVAL_S="2")
     r = redis.Redis.from_url(REDIS_URL)
+    key = KEYS.ticks("kr")
+    args = ["--handler", handler, "--markets", "kr", "--from-start", "--burst"]
     procs = [
         subprocess.Popen(
-            [
-                PY,
-                "-m",
-                "consumers.cli",
-                "run",
-                "--group",
-                group,
-                "--handler",
-                handler,
-                "--markets",
-                "kr",
-                "--from-start",
-                "--burst",
-                "--batch",
-                "1000",
-                "--name",
-                f"c{i}",
-            ],
+            [PY, str(ROOT / "bench" / "minreader.py"), REDIS_URL, key, group, f"c{i}", str(BATCH)]
+            if minimal
+            else [PY, "-m", "consumers.cli", "run", "--group", group, "--name", f"c{i}", *args],
             env=env,
             cwd=ROOT,
+            stdout=subprocess.DEVNULL,
         )
         for i in range(workers)
     ]
     t10 = t90 = 0.0
     while t90 == 0.0:
-        done = _acked(r, group) if r.exists(KEYS.ticks("kr")) else 0
+        done = _acked(r, group)
         now = time.monotonic()
         if not t10 and done >= n * 0.1:
             t10, a10, cpu10 = now, done, _cpu_s(r, procs)
@@ -361,7 +360,8 @@ def _consume(workers: int, group: str, n: int, handler: str = "noop") -> tuple[f
     for p in procs:
         p.wait(300)
     use = [(b - a) / (t90 - t10) * 100 for a, b in zip(cpu10, cpu90, strict=True)]
-    cpu = f"CPU: Redis {use[0]:.0f} %, worker{'s' if workers > 1 else ''} " + ", ".join(
+    who = "reader" if minimal else "worker"
+    cpu = f"CPU: Redis {use[0]:.0f} %, {who}{'s' if workers > 1 else ''} " + ", ".join(
         f"{u:.0f} %" for u in use[1:]
     )
     return (a90 - a10) / (t90 - t10), cpu
@@ -370,6 +370,8 @@ def _consume(workers: int, group: str, n: int, handler: str = "noop") -> tuple[f
 def bench_consumer(n: int) -> None:
     clean()
     _fill(n)
+    base1, base1_cpu = _consume(1, "base1", n, minimal=True)
+    base2, base2_cpu = _consume(2, "base2", n, minimal=True)
     one, one_cpu = _consume(1, "one", n)
     two, two_cpu = _consume(2, "two", n)
     parse = "bench.handlers:parse_every_payload"
@@ -378,13 +380,21 @@ def bench_consumer(n: int) -> None:
     clean()
     row(
         "consumer: 1 worker, noop handler, read+ack",
-        f"{one:,.0f} entries/s ({one_cpu})",
+        f"{one:,.0f} entries/s, {one / base1:.2f} of the baseline ({one_cpu})",
         ">= 200,000",
     )
     row(
         "consumer: 2 workers, same group",
         f"{two:,.0f} entries/s, {two / one:.2f}x ({two_cpu})",
         ">= 1.6x",
+    )
+    row(
+        "consumer baseline: 1 minimal reader (bench/minreader.py: read+ack, nothing else)",
+        f"{base1:,.0f} entries/s ({base1_cpu})",
+    )
+    row(
+        "consumer baseline: 2 minimal readers, same group",
+        f"{base2:,.0f} entries/s, {base2 / base1:.2f}x ({base2_cpu})",
     )
     row(
         "consumer: 1 worker, handler parsing every payload",
