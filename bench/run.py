@@ -329,10 +329,10 @@ def _consume(
     n: int,
     handler: str = "noop",
     minimal: bool = False,
-) -> tuple[float, str]:
-    """Entries/s between 10 % and 90 % of the stream acked (process start-up excluded), and
-    the CPU use of Redis and of each process over the same window. ``minimal``: the baseline
-    reader ``bench/minreader.py`` instead of ``toss-consume run``."""
+) -> tuple[float, str, float]:
+    """Entries/s between 10 % and 90 % of the stream acked (process start-up excluded), the
+    CPU use of Redis and of each process over the same window, and Redis's share of one core
+    (0-1). ``minimal``: the baseline reader ``bench/minreader.py`` instead of toss-consume."""
     env = env_for(free_port(), TOSS_CONSUMER_BLOCK_MS="100", TOSS_HEALTH_INTERVAL_S="2")
     r = redis.Redis.from_url(REDIS_URL)
     key = KEYS.ticks("kr")
@@ -364,19 +364,19 @@ def _consume(
     cpu = f"CPU: Redis {use[0]:.0f} %, {who}{'s' if workers > 1 else ''} " + ", ".join(
         f"{u:.0f} %" for u in use[1:]
     )
-    return (a90 - a10) / (t90 - t10), cpu
+    return (a90 - a10) / (t90 - t10), cpu, use[0] / 100
 
 
 def bench_consumer(n: int) -> None:
     clean()
     _fill(n)
-    base1, base1_cpu = _consume(1, "base1", n, minimal=True)
-    base2, base2_cpu = _consume(2, "base2", n, minimal=True)
-    one, one_cpu = _consume(1, "one", n)
-    two, two_cpu = _consume(2, "two", n)
+    base1, base1_cpu, _ = _consume(1, "base1", n, minimal=True)
+    base2, base2_cpu, _ = _consume(2, "base2", n, minimal=True)
+    one, one_cpu, _ = _consume(1, "one", n)
+    two, two_cpu, two_redis = _consume(2, "two", n)
     parse = "bench.handlers:parse_every_payload"
-    one_p, one_p_cpu = _consume(1, "one-p", n, parse)
-    two_p, two_p_cpu = _consume(2, "two-p", n, parse)
+    one_p, one_p_cpu, _ = _consume(1, "one-p", n, parse)
+    two_p, two_p_cpu, _ = _consume(2, "two-p", n, parse)
     clean()
     row(
         "consumer: 1 worker, noop handler, read+ack",
@@ -387,6 +387,11 @@ def bench_consumer(n: int) -> None:
         "consumer: 2 workers, same group",
         f"{two:,.0f} entries/s, {two / one:.2f}x ({two_cpu})",
         ">= 1.6x",
+    )
+    ceiling = two / two_redis  # Redis is one thread: at 100 % of a core it serves no more
+    row(
+        "consumer ceiling: Redis at 100 % of its core (2-worker rate / Redis CPU share)",
+        f"{ceiling:,.0f} entries/s = {ceiling / one:.2f}x one worker",
     )
     row(
         "consumer baseline: 1 minimal reader (bench/minreader.py: read+ack, nothing else)",
