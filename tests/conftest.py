@@ -39,9 +39,38 @@ def _start_fakeredis() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis", server_version=(7, 0))
+    server.RequestHandlerClass = _keep_open_after_errors(server.RequestHandlerClass)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"redis://127.0.0.1:{port}/0"
+
+
+def _keep_open_after_errors(base: Any) -> Any:
+    """fakeredis's TCP server hangs up after any error reply (``XINFO STREAM`` of a new stream,
+    ``BUSYGROUP``...); real Redis keeps the connection, and redis-py then reuses it. This handler
+    goes on reading after an error reply, as Redis does; it stops when the client hangs up."""
+
+    class KeepOpen(base):  # type: ignore[misc, valid-type]
+        error_replies = 0
+
+        def setup(self) -> None:
+            super().setup()
+            dump = self.writer.dump
+
+            def noting(value: Any) -> None:
+                if isinstance(value, Exception):
+                    self.error_replies += 1
+                dump(value)
+
+            self.writer.dump = noting
+
+        def handle(self) -> None:
+            seen = -1
+            while self.error_replies != seen:  # the loop ended on an error reply: go on
+                seen = self.error_replies
+                super().handle()
+
+    return KeepOpen
 
 
 @pytest.fixture(scope="session")

@@ -190,7 +190,6 @@ async def test_sigterm_finishes_and_acks_the_in_flight_batch(
     assert not await r.exists(keys.health_consumer("g", "w"))
 
 
-@pytest.mark.real_redis("fakeredis differs on XPENDING/XCLAIM delivery counting")
 async def test_poison_entry_is_dead_lettered_after_max_deliveries(
     settings: Settings, r: aredis.Redis
 ) -> None:
@@ -322,7 +321,6 @@ async def test_slow_handler_gets_each_entry_once(settings: Settings, r: aredis.R
     assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
 
 
-@pytest.mark.real_redis("fakeredis differs on the lean RESP connection path (not yet investigated)")
 async def test_next_read_is_sent_ahead_and_stop_leaves_nothing_pending(
     settings: Settings, r: aredis.Redis
 ) -> None:

@@ -27,7 +27,6 @@ from tests.test_ingestor import real_ticks, running, ticks
 MEMBERS = ["kr:trade:A005930", "us:trade:US20100311002"]
 
 
-@pytest.mark.real_redis("fakeredis differs on the lean RESP connection path (not yet investigated)")
 async def test_drop_every_second_one_reconnect_and_one_gap_per_stream_per_drop(
     settings: Settings, sim: Simulator, r: aredis.Redis
 ) -> None:
@@ -113,7 +112,6 @@ async def test_health_key_says_why_access_is_denied(
         await eventually(says_why, what="health key with the reason")
 
 
-@pytest.mark.real_redis("fakeredis differs on the lean RESP connection path (not yet investigated)")
 async def test_sigterm_to_the_ingestor_process_flushes_and_exits_0(
     settings: Settings, sim: Simulator, r: aredis.Redis, tmp_path: Path
 ) -> None:

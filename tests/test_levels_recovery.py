@@ -118,7 +118,6 @@ async def test_refused_subscription_is_retried_with_backoff(
         await eventually(active_in_redis, what="state active in Redis")
 
 
-@pytest.mark.real_redis("fakeredis differs on the lean RESP connection path (not yet investigated)")
 async def test_memory_hard_limit_flushes_exits_3_and_a_restart_loses_nothing(
     settings: Settings, sim: Simulator, r: aredis.Redis, tmp_path: Path
 ) -> None:

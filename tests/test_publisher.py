@@ -44,7 +44,6 @@ def test_route_template_equals_the_general_encoding(dt: str, body: bytes) -> Non
 
 
 @pytest.mark.parametrize("fast", [True, False])
-@pytest.mark.real_redis("fakeredis differs on the lean RESP connection path (not yet investigated)")
 async def test_write_paths_agree(r: aredis.Redis, prefix: str, fast: bool) -> None:
     pub = Publisher(r, max_queue=100, batch_max=7, fast=fast)
     assert (pub._resp is not None) == fast
@@ -112,7 +111,6 @@ async def test_another_writer_with_newer_ids_is_noticed(r: aredis.Redis, prefix:
     assert pub.duplicates_skipped == 0 and entries[-1][0].decode() > future
 
 
-@pytest.mark.real_redis("fakeredis differs on the lean RESP connection path (not yet investigated)")
 async def test_resp_connection_returns_errors_in_place(redis_url: str, prefix: str) -> None:
     client = aredis.Redis.from_url(redis_url)
     conn = RespConnection(client)
