@@ -337,9 +337,11 @@ def _consume(
     r = redis.Redis.from_url(REDIS_URL)
     key = KEYS.ticks("kr")
     args = ["--handler", handler, "--markets", "kr", "--from-start", "--burst"]
+    minreader = [PY, str(ROOT / "bench" / "minreader.py"), REDIS_URL, key, group]
+    its_handler = [] if handler == "noop" else [handler]
     procs = [
         subprocess.Popen(
-            [PY, str(ROOT / "bench" / "minreader.py"), REDIS_URL, key, group, f"c{i}", str(BATCH)]
+            [*minreader, f"c{i}", str(BATCH), *its_handler]
             if minimal
             else [PY, "-m", "consumers.cli", "run", "--group", group, "--name", f"c{i}", *args],
             env=env,
@@ -377,6 +379,8 @@ def bench_consumer(n: int) -> None:
     parse = "bench.handlers:parse_every_payload"
     one_p, one_p_cpu, _ = _consume(1, "one-p", n, parse)
     two_p, two_p_cpu, _ = _consume(2, "two-p", n, parse)
+    base1_p, base1_p_cpu, _ = _consume(1, "base1-p", n, parse, minimal=True)
+    base2_p, base2_p_cpu, _ = _consume(2, "base2-p", n, parse, minimal=True)
     clean()
     row(
         "consumer: 1 worker, noop handler, read+ack",
@@ -408,6 +412,14 @@ def bench_consumer(n: int) -> None:
     row(
         "consumer: 2 workers, handler parsing every payload",
         f"{two_p:,.0f} entries/s, {two_p / one_p:.2f}x ({two_p_cpu})",
+    )
+    row(
+        "consumer baseline: 1 minimal reader calling the same parsing handler",
+        f"{base1_p:,.0f} entries/s ({base1_p_cpu})",
+    )
+    row(
+        "consumer baseline: 2 minimal readers calling the same parsing handler",
+        f"{base2_p:,.0f} entries/s, {base2_p / base1_p:.2f}x ({base2_p_cpu})",
     )
 
 
