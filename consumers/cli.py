@@ -42,7 +42,12 @@ def main() -> None:
 )
 @click.option("--markets", default=",".join(MARKETS), show_default=True)
 @click.option("--name", default=None, help="consumer name (default: host-pid)")
-@click.option("--batch", default=None, type=click.IntRange(1, 100_000), help="entries per read")
+@click.option(
+    "--batch",
+    default=None,
+    type=click.IntRange(1, 100_000),
+    help="entries per read and per handler call (default TOSS_CONSUMER_BATCH, 200)",
+)
 @click.option(
     "--concurrency",
     default=None,
