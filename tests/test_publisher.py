@@ -4,6 +4,8 @@ errors come back in order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -130,11 +132,12 @@ async def test_resp_connection_returns_errors_in_place(redis_url: str, prefix: s
     await client.aclose()
 
 
+@contextlib.asynccontextmanager
 async def _fake_redis(
     reply: bytes | None, byte_at_a_time: bool = False, hang_up: bool = False
-) -> tuple[asyncio.Server, aredis.Redis]:
-    """A TCP server that answers every read with ``reply`` (None: closes the connection;
-    ``hang_up``: closes it after the first answer, like a restarting server)."""
+) -> AsyncIterator[RespConnection]:
+    """A lean connection to a TCP server that answers every read with ``reply`` (None: closes
+    the connection; ``hang_up``: closes it after the first answer, like a restarting server)."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await reader.read(1 << 16):
@@ -150,7 +153,15 @@ async def _fake_redis(
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    return server, aredis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5)
+    client = aredis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5)
+    conn = RespConnection(client)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+        server.close()
+        await server.wait_closed()
+        await client.aclose()
 
 
 @pytest.mark.parametrize(
@@ -160,59 +171,40 @@ async def _fake_redis(
 async def test_resp_connection_failures_are_connection_errors(
     reply: bytes | None, said: str
 ) -> None:
-    server, client = await _fake_redis(reply)
-    conn = RespConnection(client)
-    with pytest.raises(ConnectionError, match=said):
-        await conn.execute([pack_command("PING")], 1)
-    # the broken socket is not reused: the next call connects again (and fails the same way)
-    with pytest.raises(ConnectionError, match=said):
-        await conn.execute([pack_command("PING")], 1)
-    server.close()
-    await server.wait_closed()
-    await client.aclose()
+    async with _fake_redis(reply) as conn:
+        with pytest.raises(ConnectionError, match=said):
+            await conn.execute([pack_command("PING")], 1)
+        # the broken socket is not reused: the next call connects again (and fails the same way)
+        with pytest.raises(ConnectionError, match=said):
+            await conn.execute([pack_command("PING")], 1)
 
 
 async def test_resp_connection_replies_in_pieces() -> None:
-    server, client = await _fake_redis(b"+PONG\r\n$3\r\nabc\r\n-ERR no\r\n", byte_at_a_time=True)
-    conn = RespConnection(client)
-    got = await conn.execute([pack_command("PING"), pack_command("GET", "k"), b"x"], 3)
-    assert got[:2] == [b"PONG", b"abc"] and "no" in str(got[2])
-    await conn.close()
-    server.close()
-    await server.wait_closed()
-    await client.aclose()
+    async with _fake_redis(b"+PONG\r\n$3\r\nabc\r\n-ERR no\r\n", byte_at_a_time=True) as conn:
+        got = await conn.execute([pack_command("PING"), pack_command("GET", "k"), b"x"], 3)
+        assert got[:2] == [b"PONG", b"abc"] and "no" in str(got[2])
 
 
 async def test_on_start_runs_when_the_reply_begins_and_chains_in_order() -> None:
     """``send_nowait(..., on_start=...)``: the callback runs once, when the reply starts to
     arrive; what it sends is answered after, in order."""
-    server, client = await _fake_redis(b"+A\r\n", byte_at_a_time=True)
-    conn = RespConnection(client)
-    await conn.connect()
-    calls: list[str] = []
-    chained: list[asyncio.Future[list[Any]]] = []
+    async with _fake_redis(b"+A\r\n", byte_at_a_time=True) as conn:
+        await conn.connect()
+        calls: list[str] = []
+        chained: list[asyncio.Future[list[Any]]] = []
 
-    def next_one() -> None:
-        calls.append("start")
-        chained.append(conn.send_nowait([pack_command("PING")], 1))
+        def next_one() -> None:
+            calls.append("start")
+            chained.append(conn.send_nowait([pack_command("PING")], 1))
 
-    first = conn.send_nowait([pack_command("PING")], 1, on_start=next_one)
-    assert await conn.replies(first) == [b"A"] and calls == ["start"]
-    assert await conn.replies(chained[0]) == [b"A"] and calls == ["start"]
-    await conn.close()
-    server.close()
-    await server.wait_closed()
-    await client.aclose()
+        first = conn.send_nowait([pack_command("PING")], 1, on_start=next_one)
+        assert await conn.replies(first) == [b"A"] and calls == ["start"]
+        assert await conn.replies(chained[0]) == [b"A"] and calls == ["start"]
 
 
 async def test_resp_connection_reconnects_after_redis_dropped_it_between_commands() -> None:
     """Redis restarts while the connection is idle: the next command opens a new connection."""
-    server, client = await _fake_redis(b"+OK\r\n", hang_up=True)
-    conn = RespConnection(client)
-    assert await conn.execute([pack_command("PING")], 1) == [b"OK"]
-    await until(lambda: conn._proto is not None and conn._proto.failure is not None)
-    assert await conn.execute([pack_command("PING")], 1) == [b"OK"]
-    await conn.close()
-    server.close()
-    await server.wait_closed()
-    await client.aclose()
+    async with _fake_redis(b"+OK\r\n", hang_up=True) as conn:
+        assert await conn.execute([pack_command("PING")], 1) == [b"OK"]
+        await until(lambda: conn._proto is not None and conn._proto.failure is not None)
+        assert await conn.execute([pack_command("PING")], 1) == [b"OK"]
