@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -66,7 +67,7 @@ class _SinkConnection(ClientConnection):
             return
         buf = self._partial + data if self._partial else data
         self._partial = b""
-        limit = protocol.max_message_size or len(buf)
+        limit = protocol.max_message_size or sys.maxsize  # None: no limit
         messages: list[bytes] = []
         pos, n = 0, len(buf)
         while pos < n:
