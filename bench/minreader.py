@@ -28,14 +28,7 @@ import hiredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from consumers.tick import Tick
-
-
-def pack(*args: object) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
+from ingestor.resp import pack_command as pack
 
 
 def main(url: str, key: str, group: str, name: str, count: str, handler: str = "") -> int:
