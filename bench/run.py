@@ -1,7 +1,7 @@
 """``make bench``: the benchmarks, side by side with their baselines, in one run on this machine.
 
     .venv/bin/python bench/run.py [--seconds 10] [--only ingest,latency,consumer,memory,resub,cli]
-                                  [--before DIR]
+                                  [--before DIR] [--batch 200]
 
 Uses the Redis at TOSS_BENCH_REDIS_URL (default redis://127.0.0.1:6379/14; keys under
 ``bench:``, deleted before and after) and loopback ports only. Prints a Markdown table and writes
@@ -329,6 +329,7 @@ def _consume(
     n: int,
     handler: str = "noop",
     minimal: bool = False,
+    batch: int = BATCH,
 ) -> tuple[float, str, float]:
     """Entries/s between 10 % and 90 % of the stream acked (process start-up excluded), the
     CPU use of Redis and of each process over the same window, and Redis's share of one core
@@ -336,12 +337,21 @@ def _consume(
     env = env_for(free_port(), TOSS_CONSUMER_BLOCK_MS="100", TOSS_HEALTH_INTERVAL_S="2")
     r = redis.Redis.from_url(REDIS_URL)
     key = KEYS.ticks("kr")
-    args = ["--handler", handler, "--markets", "kr", "--from-start", "--burst"]
+    args = [
+        "--handler",
+        handler,
+        "--markets",
+        "kr",
+        "--from-start",
+        "--burst",
+        "--batch",
+        str(batch),
+    ]
     minreader = [PY, str(ROOT / "bench" / "minreader.py"), REDIS_URL, key, group]
     its_handler = [] if handler == "noop" else [handler]
     procs = [
         subprocess.Popen(
-            [*minreader, f"c{i}", str(BATCH), *its_handler]
+            [*minreader, f"c{i}", str(batch), *its_handler]
             if minimal
             else [PY, "-m", "consumers.cli", "run", "--group", group, "--name", f"c{i}", *args],
             env=env,
@@ -369,19 +379,21 @@ def _consume(
     return (a90 - a10) / (t90 - t10), cpu, use[0] / 100
 
 
-def bench_consumer(n: int) -> None:
+def bench_consumer(n: int, batch: int) -> None:
     clean()
     _fill(n)
-    base1, base1_cpu, _ = _consume(1, "base1", n, minimal=True)
-    base2, base2_cpu, _ = _consume(2, "base2", n, minimal=True)
-    one, one_cpu, _ = _consume(1, "one", n)
-    two, two_cpu, two_redis = _consume(2, "two", n)
+    base1, base1_cpu, _ = _consume(1, "base1", n, minimal=True, batch=batch)
+    base2, base2_cpu, _ = _consume(2, "base2", n, minimal=True, batch=batch)
+    one, one_cpu, _ = _consume(1, "one", n, batch=batch)
+    two, two_cpu, two_redis = _consume(2, "two", n, batch=batch)
     parse = "bench.handlers:parse_every_payload"
-    one_p, one_p_cpu, _ = _consume(1, "one-p", n, parse)
-    two_p, two_p_cpu, _ = _consume(2, "two-p", n, parse)
-    base1_p, base1_p_cpu, _ = _consume(1, "base1-p", n, parse, minimal=True)
-    base2_p, base2_p_cpu, _ = _consume(2, "base2-p", n, parse, minimal=True)
+    one_p, one_p_cpu, _ = _consume(1, "one-p", n, parse, batch=batch)
+    two_p, two_p_cpu, _ = _consume(2, "two-p", n, parse, batch=batch)
+    base1_p, base1_p_cpu, _ = _consume(1, "base1-p", n, parse, minimal=True, batch=batch)
+    base2_p, base2_p_cpu, _ = _consume(2, "base2-p", n, parse, minimal=True, batch=batch)
     clean()
+    if batch != BATCH:
+        row("consumer rows below: entries per read (--batch), not the default", f"{batch:,}")
     row(
         "consumer: 1 worker, noop handler, read+ack",
         f"{one:,.0f} entries/s, {one / base1:.2f} of the baseline ({one_cpu})",
@@ -538,6 +550,12 @@ def main() -> int:
         help="also run the ingest benchmark on the ingestor code in this directory, e.g. a\n"
         "`git worktree add /tmp/before <commit>`: a before/after in the same run",
     )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=BATCH,
+        help=f"entries per read of the consumer rows, workers and baseline (default {BATCH})",
+    )
     a = ap.parse_args()
     which = set(a.only.split(","))
     cpu = f"{psutil.cpu_count()} cores"
@@ -547,7 +565,7 @@ def main() -> int:
     if "latency" in which:
         bench_latency(a.seconds)
     if "consumer" in which:
-        bench_consumer(1_000_000)
+        bench_consumer(1_000_000, a.batch)
     if "memory" in which:
         bench_memory(a.seconds)
     if "resub" in which:
