@@ -337,16 +337,8 @@ def _consume(
     env = env_for(free_port(), TOSS_CONSUMER_BLOCK_MS="100", TOSS_HEALTH_INTERVAL_S="2")
     r = redis.Redis.from_url(REDIS_URL)
     key = KEYS.ticks("kr")
-    args = [
-        "--handler",
-        handler,
-        "--markets",
-        "kr",
-        "--from-start",
-        "--burst",
-        "--batch",
-        str(batch),
-    ]
+    args = ["--handler", handler, "--markets", "kr", "--from-start", "--burst"]
+    args += ["--batch", str(batch)]
     minreader = [PY, str(ROOT / "bench" / "minreader.py"), REDIS_URL, key, group]
     its_handler = [] if handler == "noop" else [handler]
     procs = [
