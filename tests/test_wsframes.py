@@ -47,7 +47,7 @@ class _Transport(asyncio.Transport):
         return 0
 
 
-def _conn(max_size: int = 1 << 20) -> tuple[_SinkConnection, list[bytes], _Transport]:
+def _conn(max_size: int | None = 1 << 20) -> tuple[_SinkConnection, list[bytes], _Transport]:
     protocol = ClientProtocol(parse_uri("ws://127.0.0.1/ws"), max_size=max_size)
     request = protocol.connect()
     protocol.send_request(request)
@@ -111,6 +111,15 @@ async def test_long_length_form() -> None:
     conn.data_received(wire[5:])
     assert got == [big, b"after"]
     assert conn.fast_messages == 2
+
+
+async def test_no_size_limit_means_no_limit() -> None:
+    big = b"b" * 70_000
+    conn, got, _ = _conn(max_size=None)
+    wire = _wire(Opcode.TEXT, big)
+    conn.data_received(wire[:20])  # header and the start: longer than the bytes at hand
+    conn.data_received(wire[20:])
+    assert got == [big] and conn.fast_messages == 1
 
 
 async def test_oversized_frame_is_refused_by_websockets() -> None:
